@@ -1,0 +1,55 @@
+"""fedaug ClientApp: a thin handler that unpacks the message, trains, packs the reply."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import resolve_site
+from client.train import run_round
+from shared import keys
+from shared.augment import Policy
+from shared.config import RunConfig, TrainSettings
+from shared.generator import GeneratorConfig
+
+__all__ = ["app", "handle_train"]
+
+log = logging.getLogger("fedaug.client")
+app = ClientApp()
+
+
+@app.train()
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the received global generator on this site's data with DP; reply with
+    parameters, the policy used, and aggregate metrics only."""
+    run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
+    cfg = msg.content[keys.CONFIG]
+    settings = TrainSettings.from_mapping(dict(cfg), source="the server's train config",
+                                          ignore_unknown=True)
+    gen_config = GeneratorConfig.from_flat(cfg)
+    policy = Policy.from_json(str(cfg[keys.POLICY]))
+    site = resolve_site(dict(context.node_config), run)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_round(
+        site=site,
+        run=run,
+        settings=settings,
+        gen_config=gen_config,
+        global_state=msg.content[keys.ARRAYS].to_torch_state_dict(),
+        policy=policy,
+        run_id=str(cfg[keys.RUN_ID]),
+        server_round=int(cfg[keys.SERVER_ROUND]),
+        num_rounds=int(cfg[keys.NUM_ROUNDS]),
+        device=device,
+    )
+    content = RecordDict({
+        keys.ARRAYS: ArrayRecord(result.state_dict),
+        keys.METRICS: MetricRecord(result.metrics),
+        keys.CONFIG: ConfigRecord({keys.SITE: site.name, keys.STATUS: result.status,
+                                   keys.POLICY: result.policy_json}),
+    })
+    return Message(content=content, reply_to=msg)
+

@@ -1,0 +1,158 @@
+"""One site's round: plan the privacy spend, augment, train with DP, record, reply."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.site import SiteContext, load_site_data
+from shared.atomic import atomic_write_json
+from shared.augment import BatchAugmenter, Policy
+from shared.config import RunConfig, TrainSettings
+from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
+from shared.generator.train import poisson_sample_rate
+from shared.privacy import PrivacyLedger, max_steps_within_budget, plan_noise_multiplier
+
+__all__ = ["RoundPlan", "RoundResult", "plan_round", "run_round", "images_to_tensor"]
+
+log = logging.getLogger("fedaug.client")
+PLAN_FILE = "privacy-plan.json"
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What this round may spend: ``steps`` at ``noise_multiplier`` and ``sample_rate``."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What leaves the site: parameters, the policy it used, aggregate metrics."""
+
+    state_dict: dict[str, torch.Tensor]
+    policy_json: str
+    metrics: dict[str, float | int]
+    status: str
+
+
+def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings, *,
+               num_examples: int, run_id: str, server_round: int, num_rounds: int) -> RoundPlan:
+    """Decide sigma and steps so that the whole history stays within the site's budget.
+
+    Sigma is fixed once per run for all the run's planned steps (from what is left of the
+    budget, so a restarted site never plans as if nothing was spent) and kept in the site's
+    state folder; a fixed ``noise-multiplier`` from the server is honoured, but the number of
+    steps is then cut to what the budget allows.
+    """
+    q = poisson_sample_rate(num_examples, settings.batch_size)
+    history = ledger.history()
+    plan_path = site.state_dir / PLAN_FILE
+    sigma: float | None = settings.noise_multiplier or None
+    if sigma is None:
+        stored = _read_plan(plan_path)
+        if stored and stored.get("run") == run_id and stored.get("sample-rate") == q:
+            sigma = float(stored["noise-multiplier"])
+        else:
+            remaining = max(1, num_rounds - server_round + 1) * settings.local_steps
+            sigma = plan_noise_multiplier(history, delta=site.delta, budget=site.epsilon_budget,
+                                          sample_rate=q, steps=remaining)
+            if sigma is None:
+                return RoundPlan(0.0, q, 0, reason="budget exhausted")
+            atomic_write_json(plan_path, {"run": run_id, "noise-multiplier": sigma,
+                                          "sample-rate": q, "planned-steps": remaining,
+                                          "budget": site.epsilon_budget, "delta": site.delta})
+            log.info("%s: planned sigma=%.3f for %d steps at q=%.4f (budget eps=%.2f, spent "
+                     "%.3f)", site.name, sigma, remaining, q, site.epsilon_budget,
+                     ledger.epsilon())
+    steps = max_steps_within_budget(history, delta=site.delta, budget=site.epsilon_budget,
+                                    noise_multiplier=sigma, sample_rate=q,
+                                    max_steps=settings.local_steps)
+    if steps == 0:
+        return RoundPlan(sigma, q, 0, reason="budget exhausted")
+    reason = "" if steps == settings.local_steps else "steps cut to stay within budget"
+    return RoundPlan(sigma, q, steps, reason=reason)
+
+
+def _read_plan(path: Any) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
+              gen_config: GeneratorConfig, global_state: dict[str, torch.Tensor],
+              policy: Policy, run_id: str, server_round: int, num_rounds: int,
+              device: str | torch.device = "cpu") -> RoundResult:
+    """Train the global generator on this site's data for one round, within budget."""
+    ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
+    data = load_site_data(site, run)
+    plan = plan_round(site, ledger, settings, num_examples=len(data), run_id=run_id,
+                      server_round=server_round, num_rounds=num_rounds)
+    unet = build_unet(gen_config).to(device)
+    unet.load_state_dict(global_state)
+    metrics_base: dict[str, float | int] = {
+        "num-examples": len(data),
+        "delta": site.delta,
+        "budget": site.epsilon_budget,
+        "noise-multiplier": plan.noise_multiplier,
+        "sample-rate": plan.sample_rate,
+    }
+    if plan.steps == 0:
+        log.warning("%s: declines round %d: %s (epsilon spent %.3f of %.3f).", site.name,
+                    server_round, plan.reason, ledger.epsilon(), site.epsilon_budget)
+        metrics = {**metrics_base, "num-examples": 0, "loss": 0.0, "steps": 0,
+                   "epsilon": ledger.epsilon(), "train-seconds": 0.0}
+        return RoundResult(unet.state_dict(), policy.to_json(), metrics, "budget-exhausted")
+    if plan.reason:
+        log.warning("%s: round %d: %s (%d of %d).", site.name, server_round, plan.reason,
+                    plan.steps, settings.local_steps)
+    augmenter = BatchAugmenter(policy) if settings.augment else None
+    augment = None if augmenter is None else (lambda x, g: augmenter(x, generator=g))
+    images = images_to_tensor(data.images).to(device)
+    labels = torch.from_numpy(data.labels).long().to(device)
+    seed = _round_seed(settings.seed, site.name, server_round)
+    outcome = train_dp(
+        unet,
+        build_train_scheduler(gen_config),
+        images,
+        labels,
+        steps=plan.steps,
+        sample_rate=plan.sample_rate,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        learning_rate=settings.learning_rate,
+        noise_multiplicity=settings.noise_multiplicity,
+        augment=augment,
+        seed=seed,
+    )
+    # The spending is on disk before anything leaves the site.
+    ledger.append(mechanism="dp-sgd", noise_multiplier=plan.noise_multiplier,
+                  sample_rate=plan.sample_rate, steps=outcome.steps, run=run_id,
+                  round=server_round)
+    metrics = {**metrics_base, "loss": outcome.loss, "steps": outcome.steps,
+               "epsilon": ledger.epsilon(), "train-seconds": outcome.seconds}
+    state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    return RoundResult(state, policy.to_json(), metrics, "trained")
+
+
+def _round_seed(seed: int, site: str, server_round: int) -> int:
+    """All replayable randomness comes from (run seed, site, round)."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(site.encode()) * 7919 + server_round) % (2**63)

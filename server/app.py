@@ -1,0 +1,144 @@
+"""fedaug ServerApp: build the strategy, run the rounds, publish the global generator."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.checkpoint import write_global
+from server.strategy import FedAugStrategy, RoundSummary
+from shared import keys
+from shared.augment import Policy
+from shared.config import RunConfig
+from shared.data import load_image_source
+from shared.errors import ConfigError
+from shared.generator import GeneratorConfig, build_unet, write_sample_grid
+
+__all__ = ["app", "main", "run_server", "generator_config_for", "load_policy"]
+
+log = logging.getLogger("fedaug.server")
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point (``flwr run .`` and ``fedaug simulate`` both come here)."""
+    run = RunConfig.from_mapping(context.run_config, source="run config")
+    run_server(grid, run)
+
+
+def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ...]]:
+    """Generator shape and class names: from the run config, else from the data source.
+
+    A deployed server has no data: it must be given ``image-size``, ``channels`` and
+    ``class-names``. In simulation they are read from the (shared) data source.
+    """
+    names = tuple(c.strip() for c in run.class_names.split(",") if c.strip())
+    if run.image_size and run.channels and names:
+        size, channels = run.image_size, run.channels
+    else:
+        try:
+            data = load_image_source(run.data, split="train", size=run.image_size or None,
+                                     seed=run.seed)
+        except Exception as err:
+            raise ConfigError(
+                "The server could not work out the image size, channels and classes.",
+                value=run.data,
+                fix="Set run config image-size, channels and class-names (a deployed server "
+                "has no data), or a data source the server can read in simulation.",
+            ) from err
+        size, _, channels = data.image_shape
+        names = names or data.class_names
+    cfg = GeneratorConfig(image_size=size, channels=channels, num_classes=len(names),
+                          block_out_channels=run.channels_tuple,
+                          layers_per_block=run.layers_per_block)
+    return cfg, names
+
+
+def load_policy(spec: str) -> Policy:
+    """The initial global policy: a JSON file path, or the default for ''."""
+    if not spec:
+        return Policy.default("image")
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError("Policy file not found.", value=spec,
+                          fix="Pass a JSON policy file (see README, Augmentation policies) "
+                          "or leave `policy` empty for the default.")
+    return Policy.from_json(path.read_text(encoding="utf-8"))
+
+
+def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
+               wait_for_sites_s: float = 0.0) -> FedAugStrategy:
+    """Run the federation on ``grid`` and publish ``OUT/global`` after every round."""
+    run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    gen_config, class_names = generator_config_for(run)
+    out = Path(run.out_dir)
+    torch.manual_seed(run.seed)
+    unet = build_unet(gen_config)
+    policy = load_policy(run.policy)
+    settings = run.train_settings()
+    t_start = time.perf_counter()
+
+    def card(strategy: FedAugStrategy, rounds_done: int) -> dict[str, Any]:
+        return {
+            "run-id": run_id,
+            "rounds": rounds_done,
+            "planned-rounds": run.num_server_rounds,
+            "classes": list(class_names),
+            "image-shape": [gen_config.image_size, gen_config.image_size, gen_config.channels],
+            "policy": strategy.policy.to_dict(),
+            "aggregation": run.aggregation,
+            "sites": strategy.site_cards(),
+            "ended-early": strategy.ended,
+            "train-settings": settings.to_mapping(),
+        }
+
+    def on_round(summary: RoundSummary, arrays: ArrayRecord, strategy: FedAugStrategy) -> None:
+        write_global(out / "global", arrays, gen_config=gen_config,
+                     card=card(strategy, summary.server_round))
+        eps = ", ".join(f"{r['site']} {r['epsilon']:.2f}" for r in strategy.site_cards())
+        log.info("round %d/%d: %d/%d sites replied, %d aggregated | loss %.4f | epsilon: %s | "
+                 "%.1fs", summary.server_round, run.num_server_rounds, summary.replied,
+                 summary.selected, summary.aggregated, summary.loss, eps, summary.seconds)
+
+    strategy = FedAugStrategy(
+        policy=policy,
+        min_sites=run.min_sites,
+        fraction_train=run.fraction_train,
+        aggregation=run.aggregation,
+        max_update_norm=run.max_update_norm,
+        ema_decay=run.ema_decay,
+        on_round=on_round,
+        seed=run.seed,
+        wait_for_sites_s=wait_for_sites_s,
+    )
+    train_config = ConfigRecord({
+        **settings.to_mapping(),
+        **gen_config.to_flat(),
+        keys.RUN_ID: run_id,
+        keys.NUM_ROUNDS: run.num_server_rounds,
+    })
+    log.info("fedaug run %s: %s, generator %s (%d parameters), policy %d op(s)", run_id,
+             run.data, gen_config.block_out_channels,
+             sum(p.numel() for p in unet.parameters()), len(policy.ops))
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(unet.state_dict()),
+                            num_rounds=run.num_server_rounds, train_config=train_config)
+    rounds_done = sum(1 for r in strategy.rounds if r.aggregated)
+    if rounds_done == 0:
+        log.error("No round was aggregated; no global model written.")
+        return strategy
+    published = write_global(out / "global", strategy.published or result.arrays,
+                             gen_config=gen_config, card=card(strategy, rounds_done))
+    grid_png = out / "sample_grid.png"
+    write_sample_grid(published, grid_png, per_class=run.samples_per_class,
+                      steps=run.sample_steps, seed=run.seed)
+    log.info("done in %.1fs: global model in %s, sample grid %s",
+             time.perf_counter() - t_start, published, grid_png)
+    return strategy

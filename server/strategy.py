@@ -1,0 +1,282 @@
+"""FedAug strategy: FedAvg over generator parameters, policy merging, per-site accounting."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from shared import keys
+from shared.augment import Policy, merge_policies
+from shared.errors import PolicyError
+
+__all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary"]
+
+log = logging.getLogger("fedaug.server")
+_REQUIRED_METRICS = (keys.NUM_EXAMPLES, keys.LOSS, keys.EPSILON, keys.DELTA)
+
+
+@dataclass
+class SiteRecord:
+    """What the server knows of a site: only aggregate metrics it reported."""
+
+    site: str
+    node_id: int
+    num_examples: int = 0
+    epsilon: float = 0.0
+    delta: float = 0.0
+    budget: float = 0.0
+    status: str = "selected"
+    last_round: int = 0
+
+    def card(self) -> dict[str, Any]:
+        return {"site": self.site, "num-examples": self.num_examples, "epsilon": self.epsilon,
+                "delta": self.delta, "budget": self.budget, "status": self.status,
+                "last-round": self.last_round}
+
+
+@dataclass
+class RoundSummary:
+    """One round as the server saw it (for progress lines and the model card)."""
+
+    server_round: int
+    selected: int
+    replied: int
+    aggregated: int
+    excluded: dict[str, str] = field(default_factory=dict)
+    loss: float = float("nan")
+    seconds: float = 0.0
+
+
+class FedAugStrategy(FedAvg):
+    """FedAvg for fedaug's generator, with policy merging and fault isolation.
+
+    Parameters
+    ----------
+    policy : Policy
+        The initial global augmentation policy, sent to sites each round.
+    min_sites : int (default: 2)
+        Fewest sites a round needs. Sites whose budget is exhausted are no longer selected;
+        when fewer than ``min_sites`` remain the run ends cleanly with a message.
+    fraction_train : float (default: 1.0)
+        Fraction of eligible sites selected per round.
+    aggregation : str (default: "mean")
+        ``"mean"`` (weighted by ``num-examples``), or the robust ``"median"`` /
+        ``"trimmed-mean"`` (coordinate-wise; trims 20% at each end) for untrusted federations.
+    max_update_norm : float (default: 1000.0)
+        Replies farther than this (L2 over all parameters) from the global model are excluded.
+    ema_decay : float (default: 0.0)
+        EMA of the global weights over rounds for the published model (0 = off). Post-
+        processing: it costs no privacy.
+    on_round : callable, optional
+        ``on_round(summary, published_arrays, strategy)`` after each aggregated round
+        (the server app writes the checkpoint there).
+    seed : int (default: 0)
+        Seeds site selection.
+    wait_for_sites_s : float (default: 0.0)
+        How long to wait for enough sites to connect before ending the run.
+    """
+
+    def __init__(self, *, policy: Policy, min_sites: int = 2, fraction_train: float = 1.0,
+                 aggregation: str = "mean", max_update_norm: float = 1000.0,
+                 ema_decay: float = 0.0,
+                 on_round: Callable[[RoundSummary, ArrayRecord, FedAugStrategy], None] | None = None,
+                 seed: int = 0, wait_for_sites_s: float = 0.0) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0,
+                         min_train_nodes=min_sites, min_evaluate_nodes=0,
+                         min_available_nodes=min_sites, weighted_by_key=keys.NUM_EXAMPLES,
+                         arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG)
+        if aggregation not in ("mean", "median", "trimmed-mean"):
+            raise ValueError(f"aggregation must be mean, median or trimmed-mean, got {aggregation!r}")
+        self.policy = policy
+        self.min_sites = min_sites
+        self.aggregation = aggregation
+        self.max_update_norm = max_update_norm
+        self.ema_decay = ema_decay
+        self.on_round = on_round
+        self.wait_for_sites_s = wait_for_sites_s
+        self.sites: dict[int, SiteRecord] = {}
+        self.exhausted: set[int] = set()
+        self.ended: str | None = None
+        self.rounds: list[RoundSummary] = []
+        self._rng = random.Random(seed)
+        self._current: ArrayRecord | None = None
+        self._ema: dict[str, np.ndarray] | None = None
+        self.published: ArrayRecord | None = None
+        self._t0 = 0.0
+        self._selected = 0
+
+    # -- selection ---------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Select eligible sites and send them the global model, policy and settings."""
+        self._t0 = time.perf_counter()
+        self._current = arrays
+        if self.ended:
+            return []
+        eligible = self._eligible(grid)
+        if len(eligible) < self.min_sites:
+            self.ended = (f"only {len(eligible)} site(s) with privacy budget left, fewer than "
+                          f"min-sites={self.min_sites}; the run ends after round "
+                          f"{server_round - 1}")
+            log.warning("Ending the run: %s.", self.ended)
+            return []
+        size = max(self.min_sites, int(len(eligible) * self.fraction_train))
+        chosen = sorted(self._rng.sample(eligible, min(size, len(eligible))))
+        self._selected = len(chosen)
+        config[keys.SERVER_ROUND] = server_round
+        config[keys.POLICY] = self.policy.to_json()
+        record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n)
+                for n in chosen]
+
+    def _eligible(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.wait_for_sites_s
+        while True:
+            eligible = [n for n in grid.get_node_ids() if n not in self.exhausted]
+            if len(eligible) >= self.min_sites or time.monotonic() >= deadline:
+                return eligible
+            time.sleep(1.0)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """No federated evaluation: quality is measured on the global generator."""
+        return []
+
+    # -- aggregation -------------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check each reply alone, exclude bad ones with a log line, aggregate the rest."""
+        replies = list(replies)
+        summary = RoundSummary(server_round, self._selected, len(replies), 0)
+        good: list[tuple[RecordDict, Policy, SiteRecord]] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            name = self.sites[node].site if node in self.sites else f"node-{node}"
+            if msg.has_error():
+                summary.excluded[name] = f"site error: {msg.error.reason}"
+                continue
+            problem, policy = self._check_reply(msg.content)
+            cfg = msg.content.config_records.get(keys.CONFIG, ConfigRecord())
+            name = str(cfg.get(keys.SITE, name))
+            if problem:
+                summary.excluded[name] = problem
+                continue
+            metrics = msg.content[keys.METRICS]
+            rec = self.sites.setdefault(node, SiteRecord(site=name, node_id=node))
+            rec.site, rec.last_round = name, server_round
+            rec.epsilon = float(metrics[keys.EPSILON])
+            rec.delta = float(metrics[keys.DELTA])
+            rec.budget = float(metrics.get(keys.BUDGET, 0.0))
+            rec.status = str(cfg.get(keys.STATUS, "trained"))
+            if rec.status == "budget-exhausted":
+                self.exhausted.add(node)
+                summary.excluded[name] = "privacy budget exhausted (site declined)"
+                continue
+            rec.num_examples = int(metrics[keys.NUM_EXAMPLES])
+            good.append((msg.content, policy, rec))
+        for name, why in summary.excluded.items():
+            log.warning("Round %d: excluding %s from aggregation: %s", server_round, name, why)
+        summary.aggregated = len(good)
+        if not good:
+            summary.seconds = time.perf_counter() - self._t0
+            self.rounds.append(summary)
+            return None, None
+        contents = [c for c, _, _ in good]
+        weights = [float(r.num_examples) for _, _, r in good]
+        arrays = self._aggregate_arrays(contents, weights)
+        metrics = self.train_metrics_aggr_fn(contents, keys.NUM_EXAMPLES)
+        self.policy = merge_policies([p for _, p, _ in good], weights)
+        summary.loss = float(metrics.get(keys.LOSS, float("nan")))
+        published = self.published = self._update_ema(arrays)
+        summary.seconds = time.perf_counter() - self._t0
+        self.rounds.append(summary)
+        if self.on_round is not None:
+            self.on_round(summary, published, self)
+        return arrays, metrics
+
+    def _check_reply(self, content: RecordDict) -> tuple[str | None, Policy | None]:
+        """A reason to exclude this reply, or None; and its parsed policy."""
+        if keys.ARRAYS not in content.array_records or len(content.array_records) != 1:
+            return "expected exactly one ArrayRecord named 'arrays'", None
+        if keys.METRICS not in content.metric_records:
+            return "no MetricRecord named 'metrics'", None
+        metrics = content[keys.METRICS]
+        missing = [k for k in _REQUIRED_METRICS if k not in metrics]
+        if missing:
+            return f"metrics lack {missing}", None
+        values = [metrics[k] for k in _REQUIRED_METRICS]
+        if any(isinstance(v, list) or not np.isfinite(float(v)) for v in values):
+            return "metrics are not finite scalars", None
+        cfg = content.config_records.get(keys.CONFIG)
+        if cfg is None or keys.POLICY not in cfg:
+            return "no policy in the reply's config record", None
+        try:
+            policy = Policy.from_json(str(cfg[keys.POLICY]))
+        except PolicyError as err:
+            return f"malformed policy: {err}", None
+        if cfg.get(keys.STATUS) == "budget-exhausted":
+            return None, policy
+        if int(metrics[keys.NUM_EXAMPLES]) <= 0:
+            return f"num-examples must be > 0, got {metrics[keys.NUM_EXAMPLES]}", None
+        reference = self._current
+        arrays = content[keys.ARRAYS]
+        if reference is not None:
+            if set(arrays.keys()) != set(reference.keys()):
+                extra = sorted(set(arrays.keys()) - set(reference.keys()))[:3]
+                lacking = sorted(set(reference.keys()) - set(arrays.keys()))[:3]
+                return f"parameter names differ (unexpected {extra}, missing {lacking})", None
+            sq = 0.0
+            for k, ref in reference.items():
+                a, r = arrays[k].numpy(), ref.numpy()
+                if a.shape != r.shape:
+                    return f"parameter {k} has shape {a.shape}, expected {r.shape}", None
+                if not np.all(np.isfinite(a)):
+                    return f"parameter {k} holds NaN or Inf", None
+                sq += float(np.sum((a.astype(np.float64) - r) ** 2))
+            if np.sqrt(sq) > self.max_update_norm:
+                return (f"update norm {np.sqrt(sq):.3g} exceeds max-update-norm "
+                        f"{self.max_update_norm:g}"), None
+        return None, policy
+
+    def _aggregate_arrays(self, contents: list[RecordDict], weights: list[float]) -> ArrayRecord:
+        names = list(contents[0][keys.ARRAYS].keys())
+        out: dict[str, Array] = {}
+        w = np.asarray(weights, dtype=np.float64)
+        w = w / w.sum()
+        for name in names:
+            stack = np.stack([c[keys.ARRAYS][name].numpy() for c in contents])
+            if self.aggregation == "mean":
+                agg = np.tensordot(w, stack.astype(np.float64), axes=1)
+            elif self.aggregation == "median":
+                agg = np.median(stack, axis=0)
+            else:
+                k = int(len(stack) * 0.2)
+                srt = np.sort(stack, axis=0)
+                agg = srt[k:len(stack) - k].mean(axis=0)
+            out[name] = Array(np.asarray(agg, dtype=stack.dtype))
+        return ArrayRecord(out)
+
+    def _update_ema(self, arrays: ArrayRecord) -> ArrayRecord:
+        if self.ema_decay <= 0:
+            return arrays
+        current = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
+        if self._ema is None:
+            self._ema = current
+        else:
+            d = self.ema_decay
+            self._ema = {k: d * self._ema[k] + (1 - d) * v for k, v in current.items()}
+        return ArrayRecord({k: Array(v.astype(arrays[k].numpy().dtype))
+                            for k, v in self._ema.items()})
+
+    def site_cards(self) -> list[dict[str, Any]]:
+        """Per-site entries of the model card, sorted by site name."""
+        return [r.card() for r in sorted(self.sites.values(), key=lambda r: r.site)]

@@ -1,0 +1,238 @@
+"""Frozen, validated run and training settings built from Flower's run config."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.errors import ConfigError
+
+__all__ = ["RunConfig", "TrainSettings", "load_scenario", "settings_help"]
+
+T = TypeVar("T", bound="_Settings")
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[str, ...] | None = None, lo_open: bool = False) -> Any:
+    return field(
+        default=default,
+        metadata={"help": help, "lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open},
+    )
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Settings:
+    """Shared mechanism: kebab-case keys, strict types, every problem listed at once."""
+
+    @classmethod
+    def from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str,
+                     ignore_unknown: bool = False) -> T:
+        known = {_key(f.name): f for f in fields(cls)}  # type: ignore[arg-type]
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in mapping.items():
+            f = known.get(key)
+            if f is None:
+                if not ignore_unknown:
+                    problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+                continue
+            value, problem = _coerce(raw, type(f.default))
+            if problem:
+                problems.append(f"{key}: {problem}, got {raw!r}")
+                continue
+            problem = _check_range(value, f.metadata)
+            if problem:
+                problems.append(f"{key}: {problem}, got {raw!r}")
+                continue
+            values[f.name] = value
+        if problems:
+            raise ConfigError(
+                f"Invalid settings in {source} ({len(problems)} problem(s)): " + "; ".join(problems),
+                fix="Correct the keys above; `fedaug simulate --help` lists every setting with "
+                "its range and default.",
+            )
+        return cls(**values)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    def replace(self: T, **changes: Any) -> T:
+        """Return a copy with ``changes`` (snake_case names), validated again."""
+        merged = self.to_mapping()
+        merged.update({_key(k): v for k, v in changes.items()})
+        return type(self).from_mapping(merged, source="replace()")
+
+
+def _coerce(raw: Any, kind: type) -> tuple[Any, str | None]:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw, None
+        if isinstance(raw, str) and raw.lower() in {"true", "false"}:
+            return raw.lower() == "true", None
+        return None, "must be true or false"
+    if isinstance(raw, bool):
+        return None, f"must be {kind.__name__}, not a boolean"
+    if kind is int:
+        if isinstance(raw, int):
+            return raw, None
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw), None
+        if isinstance(raw, str):
+            try:
+                return int(raw), None
+            except ValueError:
+                pass
+        return None, "must be a whole number"
+    if kind is float:
+        if isinstance(raw, (int, float)):
+            return float(raw), None
+        if isinstance(raw, str):
+            try:
+                return float(raw), None
+            except ValueError:
+                pass
+        return None, "must be a number"
+    if kind is str:
+        if isinstance(raw, str):
+            return raw, None
+        return None, "must be a string"
+    return raw, None  # pragma: no cover
+
+
+def _check_range(value: Any, meta: Mapping[str, Any]) -> str | None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(choices)}"
+    if lo is not None:
+        if meta.get("lo_open") and not value > lo:
+            return f"must be > {lo}"
+        if not meta.get("lo_open") and value < lo:
+            return f"must be >= {lo}"
+    if hi is not None and value > hi:
+        return f"must be <= {hi}"
+    return None
+
+
+@dataclass(frozen=True)
+class TrainSettings(_Settings):
+    """What the server asks each site to do in one round (travels in a ConfigRecord).
+
+    Every privacy-relevant limit (the epsilon budget, delta) is NOT here: the site sets
+    those itself and the server cannot raise them.
+    """
+
+    local_steps: int = _opt(50, "DP-SGD steps per site per round", lo=1, hi=100_000)
+    batch_size: int = _opt(256, "expected (Poisson) batch size per step; capped at the site's size",
+                           lo=1, hi=1_000_000)
+    learning_rate: float = _opt(2e-3, "Adam learning rate", lo=0.0, lo_open=True, hi=1.0)
+    max_grad_norm: float = _opt(1.0, "per-example clipping norm C", lo=0.0, lo_open=True)
+    noise_multiplicity: int = _opt(4, "diffusion noise draws (and augmented views) averaged inside "
+                                   "each example's loss before clipping", lo=1, hi=64)
+    noise_multiplier: float = _opt(0.0, "DP noise multiplier sigma; 0 = plan it from the site's "
+                                   "budget over the remaining rounds", lo=0.0, hi=1000.0)
+    augment: bool = _opt(True, "apply the global augmentation policy to each view")
+    seed: int = _opt(0, "run seed; every random draw comes from (seed, site, round)", lo=0)
+
+
+def _same(name: str) -> Any:
+    """The same option as TrainSettings has: one definition of each training default."""
+    f = TrainSettings.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass(frozen=True)
+class RunConfig(_Settings):
+    """Every run-config key of the Flower app with its default (mirrors pyproject.toml)."""
+
+    num_server_rounds: int = _opt(10, "federated rounds", lo=1, hi=10_000)
+    fraction_train: float = _opt(1.0, "fraction of sites selected per round", lo=0.0, lo_open=True,
+                                 hi=1.0)
+    min_sites: int = _opt(2, "fewest sites a round needs; the run ends cleanly below it", lo=1)
+    data: str = _opt("digits", "data source in simulation: 'digits' (built-in), a MedMNIST .npz "
+                     "or an image folder")
+    partition: str = _opt("dirichlet", "how simulation splits data over sites",
+                          choices=("iid", "dirichlet", "quantity"))
+    alpha: float = _opt(0.5, "Dirichlet concentration of the label/quantity skew", lo=0.0,
+                        lo_open=True)
+    seed: int = _opt(0, "run seed", lo=0)
+    out_dir: str = _opt("fedaug-out", "output folder (global model, site state in simulation)")
+    epsilon: float = _opt(10.0, "per-site epsilon budget in simulation (deployed sites set their "
+                          "own with node config epsilon-budget)", lo=0.0, lo_open=True)
+    delta: float = _opt(1e-5, "per-site delta in simulation", lo=0.0, lo_open=True, hi=0.1)
+    local_steps: int = _same("local_steps")
+    batch_size: int = _same("batch_size")
+    learning_rate: float = _same("learning_rate")
+    max_grad_norm: float = _same("max_grad_norm")
+    noise_multiplicity: int = _same("noise_multiplicity")
+    noise_multiplier: float = _same("noise_multiplier")
+    augment: bool = _same("augment")
+    image_size: int = _opt(0, "image size the generator works at (0 = the data's own size)",
+                           lo=0, hi=512)
+    channels: int = _opt(0, "image channels, 1 or 3 (0 = from the data)", lo=0, hi=3)
+    class_names: str = _opt("", "comma-separated class names (empty = from the data); a "
+                            "deployed server needs image-size, channels and class-names")
+    aggregation: str = _opt("mean", "how site models combine: example-weighted mean, or robust "
+                            "coordinate-wise median / trimmed-mean for untrusted federations",
+                            choices=("mean", "median", "trimmed-mean"))
+    max_update_norm: float = _opt(1000.0, "a reply whose parameters are farther than this (L2) "
+                                  "from the global model is excluded as malformed", lo=0.0,
+                                  lo_open=True)
+    policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
+    model_channels: str = _opt("32,64", "UNet block_out_channels, comma-separated")
+    layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
+    ema_decay: float = _opt(0.0, "server-side EMA of the global weights over rounds (0 = off)",
+                            lo=0.0, hi=0.9999)
+    sample_steps: int = _opt(50, "DDIM steps when sampling", lo=1, hi=1000)
+    samples_per_class: int = _opt(10, "samples per class in the grid written after the run",
+                                  lo=1, hi=1000)
+
+    def train_settings(self) -> TrainSettings:
+        """The subset sent to sites each round."""
+        mapping = self.to_mapping()
+        return TrainSettings.from_mapping(
+            {_key(f.name): mapping[_key(f.name)] for f in fields(TrainSettings)},
+            source="run config",
+        )
+
+    @property
+    def channels_tuple(self) -> tuple[int, ...]:
+        try:
+            chans = tuple(int(c) for c in self.model_channels.split(",") if c.strip())
+        except ValueError:
+            chans = ()
+        if not chans or any(c < 4 or c % 4 for c in chans):
+            raise ConfigError(
+                "model-channels must be comma-separated multiples of 4 (one per UNet level).",
+                value=self.model_channels,
+                fix='Use e.g. "32,64".',
+            )
+        return chans
+
+
+def load_scenario(path: str | Path) -> dict[str, Any]:
+    """Read a scenario TOML file (a flat table of run-config keys, optional ``num-sites``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("Scenario file not found.", value=str(path),
+                          fix="Pass an existing TOML file, e.g. simulations/default.toml.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Scenario file {path} is not valid TOML: {err}.",
+                          fix="Fix the syntax; see simulations/default.toml.") from err
+    return dict(data.get("fedaug", data))
+
+
+def settings_help(cls: type[_Settings] = RunConfig) -> str:
+    """One line per setting: key, default, meaning (for ``--help``)."""
+    lines = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        lines.append(f"  {_key(f.name):<20} {f.default!r:<14} {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""The class-conditional diffusion generator: a small diffusers UNet and its schedulers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from shared.errors import ConfigError, DataError
+
+__all__ = [
+    "GeneratorConfig",
+    "build_unet",
+    "build_train_scheduler",
+    "build_sample_scheduler",
+    "save_generator",
+    "load_generator",
+    "GENERATOR_FILE",
+]
+
+GENERATOR_FILE = "fedaug_generator.json"
+_FLAT = "generator-"
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to rebuild the generator's UNet and noise schedule.
+
+    Parameters
+    ----------
+    image_size : int
+        Height and width the model works at (data is resized to it).
+    channels : int
+        Image channels (1 grayscale, 3 RGB).
+    num_classes : int
+        Number of classes; the UNet gets one learned class embedding per class.
+    block_out_channels : tuple of int (default: (32, 64))
+        Channels per UNet level; no attention blocks (they cost the most under DP-SGD on CPU
+        and break hook-based per-sample gradients, see DP-NOTES).
+    layers_per_block : int (default: 1)
+        ResNet layers per level.
+    num_train_timesteps : int (default: 1000)
+        DDPM steps.
+    beta_schedule : str (default: "squaredcos_cap_v2")
+        DDPM beta schedule.
+    """
+
+    image_size: int
+    channels: int
+    num_classes: int
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self) -> None:
+        problems = []
+        levels = len(self.block_out_channels)
+        if self.channels not in (1, 3):
+            problems.append(f"channels must be 1 or 3, got {self.channels}")
+        if self.num_classes < 1:
+            problems.append(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.image_size % (2 ** (levels - 1)):
+            problems.append(
+                f"image_size {self.image_size} must be divisible by 2**{levels - 1} for "
+                f"{levels} UNet levels"
+            )
+        groups = _norm_groups(self.block_out_channels)
+        if any(c % groups for c in self.block_out_channels):
+            problems.append(f"block_out_channels {self.block_out_channels} must share a "
+                            "group-norm group count")
+        if problems:
+            raise ConfigError("Invalid generator configuration: " + "; ".join(problems) + ".",
+                              fix="Pick channels that are multiples of 4 and a size divisible "
+                              "by 2**(levels-1).")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        d = dict(d)
+        d["block_out_channels"] = tuple(d["block_out_channels"])
+        return cls(**d)
+
+    def to_flat(self) -> dict[str, int | str]:
+        """Scalar ``generator-*`` keys for a Flower ConfigRecord (which holds no nesting)."""
+        d = self.to_dict()
+        d["block_out_channels"] = ",".join(str(c) for c in self.block_out_channels)
+        return {_FLAT + k.replace("_", "-"): v for k, v in d.items()}
+
+    @classmethod
+    def from_flat(cls, mapping: Any) -> GeneratorConfig:
+        """Inverse of :meth:`to_flat`; ignores other keys of the record."""
+        d = {k[len(_FLAT):].replace("-", "_"): v for k, v in dict(mapping).items()
+             if k.startswith(_FLAT)}
+        try:
+            d["block_out_channels"] = tuple(int(c) for c in str(d["block_out_channels"]).split(","))
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"The server's generator config is incomplete or malformed: {err}.",
+                              value=d, fix="Use matching fedaug versions on server and sites.") from err
+
+
+def _norm_groups(channels: tuple[int, ...]) -> int:
+    for g in (8, 4, 2, 1):
+        if all(c % g == 0 for c in channels):
+            return g
+    return 1
+
+
+def build_unet(config: GeneratorConfig) -> UNet2DModel:
+    """A class-conditional ``UNet2DModel`` without attention, sized for CPU."""
+    levels = len(config.block_out_channels)
+    return UNet2DModel(
+        sample_size=config.image_size,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        add_attention=False,
+        norm_num_groups=_norm_groups(config.block_out_channels),
+        num_class_embeds=config.num_classes,
+        num_train_timesteps=config.num_train_timesteps,
+    )
+
+
+def build_train_scheduler(config: GeneratorConfig) -> DDPMScheduler:
+    """The DDPM noise schedule used for training (and for 1000-step reference sampling)."""
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+    )
+
+
+def build_sample_scheduler(train_scheduler: DDPMScheduler) -> DDIMScheduler:
+    """The fast sampler (DDIM), sharing the training schedule's betas."""
+    return DDIMScheduler.from_config(train_scheduler.config)
+
+
+def save_generator(folder: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler,
+                   config: GeneratorConfig) -> None:
+    """Write a diffusers-loadable folder: ``unet/``, ``scheduler/`` and our config file."""
+    folder = Path(folder)
+    unet.save_pretrained(folder / "unet")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / GENERATOR_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n",
+                                         encoding="utf-8")
+
+
+def load_generator(folder: str | Path, *, device: str | torch.device = "cpu"
+                   ) -> tuple[UNet2DModel, DDPMScheduler, GeneratorConfig]:
+    """Load what :func:`save_generator` wrote (e.g. ``OUT/global``)."""
+    folder = Path(folder)
+    cfg_path = folder / GENERATOR_FILE
+    if not (folder / "unet").is_dir() or not cfg_path.is_file():
+        raise DataError(
+            f"{folder} is not a fedaug generator folder (needs unet/, scheduler/ and "
+            f"{GENERATOR_FILE}).",
+            fix="Pass the global/ folder a `fedaug simulate` or server run wrote, e.g. "
+            "fedaug-out/global.",
+        )
+    config = GeneratorConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").to(device)
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    unet.eval()
+    return unet, scheduler, config

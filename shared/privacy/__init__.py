@@ -1,0 +1,21 @@
+"""Privacy: the per-site ledger and the accounting math on its history."""
+
+from shared.privacy.accounting import (
+    MAX_NOISE_MULTIPLIER,
+    Spend,
+    compose_epsilon,
+    max_steps_within_budget,
+    plan_noise_multiplier,
+)
+from shared.privacy.ledger import LedgerEntry, PrivacyLedger, open_ledger_readonly
+
+__all__ = [
+    "MAX_NOISE_MULTIPLIER",
+    "Spend",
+    "compose_epsilon",
+    "max_steps_within_budget",
+    "plan_noise_multiplier",
+    "LedgerEntry",
+    "PrivacyLedger",
+    "open_ledger_readonly",
+]

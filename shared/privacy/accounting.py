@@ -1,0 +1,124 @@
+"""Pure privacy math on a spending history: compose epsilon, plan sigma, cap steps."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as _rdp
+
+__all__ = [
+    "Spend",
+    "MAX_NOISE_MULTIPLIER",
+    "compose_epsilon",
+    "plan_noise_multiplier",
+    "max_steps_within_budget",
+]
+
+#: (noise_multiplier, sample_rate, steps) of one Gaussian-mechanism spending, Opacus's layout.
+Spend = tuple[float, float, int]
+
+#: Above this the update is pure noise; a plan that needs more counts as "budget exhausted".
+MAX_NOISE_MULTIPLIER = 200.0
+
+
+def compose_epsilon(history: Sequence[Spend], *, delta: float) -> float:
+    """Epsilon of the whole history at ``delta`` (RDP accountant, as Opacus computes it).
+
+    Parameters
+    ----------
+    history : sequence of (noise_multiplier, sample_rate, steps)
+        Every spending of the site, in order; heterogeneous entries compose.
+    delta : float
+        The site's delta.
+    """
+    steps = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
+    if not steps:
+        return 0.0
+    total = sum(n * _unit_rdp(s, q) for s, q, n in steps)
+    with warnings.catch_warnings():
+        # "Optimal order is the largest alpha": the bound stays valid, only less tight.
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = _rdp.get_privacy_spent(orders=_ORDERS, rdp=total, delta=delta)
+    return float(eps)
+
+
+_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
+
+
+@lru_cache(maxsize=4096)
+def _unit_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """RDP of one step at each order (RDP composes linearly in steps), cached."""
+    out = _rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
+                           orders=list(_ORDERS))
+    out.setflags(write=False)
+    return out
+
+
+def plan_noise_multiplier(
+    history: Sequence[Spend],
+    *,
+    delta: float,
+    budget: float,
+    sample_rate: float,
+    steps: int,
+    tolerance: float = 0.005,
+) -> float | None:
+    """Smallest sigma such that ``history`` plus ``steps`` more steps stays within ``budget``.
+
+    Unlike ``PrivacyEngine.make_private_with_epsilon``, what was already spent counts:
+    a restored site plans for what is left, not for the whole budget again.
+    Returns ``None`` when even :data:`MAX_NOISE_MULTIPLIER` would pass the budget.
+    """
+    if steps <= 0:
+        return None
+
+    def eps(sigma: float) -> float:
+        return compose_epsilon([*history, (sigma, sample_rate, steps)], delta=delta)
+
+    if eps(MAX_NOISE_MULTIPLIER) > budget:
+        return None
+    lo, hi = 0.0, 1.0
+    while eps(hi) > budget:
+        lo, hi = hi, hi * 2.0
+    while hi - lo > tolerance * max(hi, 1e-3):
+        mid = (lo + hi) / 2
+        if eps(mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def max_steps_within_budget(
+    history: Sequence[Spend],
+    *,
+    delta: float,
+    budget: float,
+    noise_multiplier: float,
+    sample_rate: float,
+    max_steps: int,
+) -> int:
+    """Largest number of steps (<= ``max_steps``) at a fixed sigma that stays within budget."""
+    if max_steps <= 0 or not math.isfinite(noise_multiplier) or noise_multiplier <= 0:
+        return 0
+
+    def fits(n: int) -> bool:
+        return compose_epsilon(
+            [*history, (noise_multiplier, sample_rate, n)], delta=delta
+        ) <= budget
+
+    if fits(max_steps):
+        return max_steps
+    lo, hi = 0, max_steps  # fits(lo) is True (or lo == 0), fits(hi) is False
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

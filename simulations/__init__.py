@@ -1,0 +1,1 @@
+"""Simulated federations on one machine: scenarios, the in-process engine, benchmarks."""
