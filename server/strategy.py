@@ -185,6 +185,11 @@ class FedAugStrategy(FedAvg):
             good.append((msg.content, policy, rec))
         for name, why in summary.excluded.items():
             log.warning("Round %d: excluding %s from aggregation: %s", server_round, name, why)
+        remaining = [n for n in self.sites if n not in self.exhausted]
+        if self.exhausted and len(remaining) < self.min_sites and not self.ended:
+            self.ended = (f"only {len(remaining)} site(s) with privacy budget left, fewer than "
+                          f"min-sites={self.min_sites}; the run ends after round {server_round}")
+            log.warning("Ending the run: %s.", self.ended)
         summary.aggregated = len(good)
         if not good:
             summary.seconds = time.perf_counter() - self._t0

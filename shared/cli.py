@@ -19,18 +19,30 @@ __all__ = ["main"]
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("fedaug").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:
-        for noisy in ("flwr", "diffusers", "opacus"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("fedaug")
+    ours.handlers[:] = [handler]
+    ours.propagate = False
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Flower logs every round's full config at INFO; keep warnings and errors only."""
+    if verbose:
+        return
+    import flwr  # noqa: F401  (flwr sets its logger level on import)
+
+    for noisy in ("flwr", "diffusers", "opacus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 # -- simulate -----------------------------------------------------------------------------
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from shared.config import RunConfig, load_scenario
     from simulations.run import DEFAULT_SCENARIO, simulate
+
+    _quiet_libraries(args.verbose)
 
     scenario = load_scenario(args.config or DEFAULT_SCENARIO)
     num_sites = int(scenario.pop("num-sites", 5))

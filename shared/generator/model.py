@@ -171,7 +171,7 @@ def load_generator(folder: str | Path, *, device: str | torch.device = "cpu"
             "fedaug-out/global.",
         )
     config = GeneratorConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-    unet = UNet2DModel.from_pretrained(folder, subfolder="unet").to(device)
+    unet = UNet2DModel.from_pretrained(folder, subfolder="unet", low_cpu_mem_usage=False).to(device)
     scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     unet.eval()
     return unet, scheduler, config

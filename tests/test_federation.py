@@ -1,0 +1,161 @@
+"""End-to-end simulated federations on the built-in digits with tiny models (real code paths)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from flwr.app import Array, Message
+
+from conftest import TINY
+from shared.augment import Policy
+from shared.config import RunConfig
+from shared.data import load_digits_builtin
+from shared.privacy import PrivacyLedger, compose_epsilon
+from simulations.run import simulate
+
+
+def _run(tmp_path, **extra) -> RunConfig:
+    return RunConfig.from_mapping({**TINY, "out-dir": str(tmp_path / "out"),
+                                   "num-server-rounds": 1, **extra}, source="test")
+
+
+def test_two_sites_one_round_end_to_end(tmp_path):
+    # Prepare / Execute
+    run = _run(tmp_path)
+    strategy = simulate(run, num_sites=2, progress=False)
+    out = tmp_path / "out"
+    # Assert: diffusers loads the global folder
+    unet = UNet2DModel.from_pretrained(out / "global", subfolder="unet")
+    DDPMScheduler.from_pretrained(out / "global", subfolder="scheduler")
+    assert unet.config.num_class_embeds == 10
+    card = json.loads((out / "global" / "model_card.json").read_text())
+    assert card["rounds"] == 1
+    assert card["classes"] == [str(i) for i in range(10)]
+    assert card["image-shape"] == [8, 8, 1]
+    Policy.from_dict(card["policy"])
+    assert [s["site"] for s in card["sites"]] == ["site-0", "site-1"]
+    for site in card["sites"]:
+        assert 0 < site["epsilon"] <= run.epsilon
+        assert site["delta"] == run.delta
+        ledger = PrivacyLedger(out / "sites" / site["site"], site=site["site"], delta=run.delta)
+        assert site["epsilon"] == pytest.approx(ledger.epsilon())
+    assert (out / "sample_grid.png").stat().st_size > 0
+    assert strategy.rounds[0].aggregated == 2
+
+
+def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
+    # Prepare
+    run = _run(tmp_path)
+    captured: list[Message] = []
+    digits = load_digits_builtin(split="train")
+    data_shapes = {digits.images.shape[1:], digits.images.shape[1:3],
+                   digits.images.shape[1:3][::-1]}
+    # Execute
+    simulate(run, num_sites=2, capture=captured, progress=False)
+    # Assert
+    assert len(captured) == 2
+    unet_names = set(UNet2DModel.from_pretrained(tmp_path / "out" / "global",
+                                                 subfolder="unet").state_dict())
+    for msg in captured:
+        content = msg.content
+        assert set(content.array_records) == {"arrays"}
+        arrays = content["arrays"]
+        assert set(arrays.keys()) == unet_names  # model parameters, nothing else
+        for name, arr in arrays.items():
+            shape = tuple(arr.shape)
+            assert shape not in data_shapes or "weight" in name, (name, shape)
+            assert not (len(shape) >= 3 and shape[0] > 64 and shape[1:3] == (8, 8)), name
+        assert set(content.metric_records) == {"metrics"}
+        for key, value in content["metrics"].items():
+            assert isinstance(value, (int, float)), key  # scalars only: aggregate metrics
+        cfg = content["config"]
+        assert set(cfg.keys()) == {"site", "status", "policy"}
+        Policy.from_json(cfg["policy"])  # the only text: a valid policy
+        assert len(cfg["site"]) < 64 and cfg["status"] in {"trained", "budget-exhausted"}
+
+
+def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
+    # Prepare: every site has budget 1.0 and a fixed sigma, so steps are cut, then refused
+    run = _run(tmp_path, **{"num-server-rounds": 6, "noise-multiplier": 2.0, "local-steps": 20,
+                            "epsilon": 1.0})
+    # Execute
+    strategy = simulate(run, num_sites=2, progress=False)
+    # Assert
+    card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
+    assert strategy.ended and "privacy budget left" in strategy.ended
+    assert card["ended-early"] == strategy.ended
+    assert len(card["sites"]) == 2
+    for site in card["sites"]:
+        assert 0 < site["epsilon"] <= 1.0
+        assert site["status"] == "budget-exhausted"
+
+
+def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
+    # Prepare: one run of 1 round
+    run = _run(tmp_path)
+    simulate(run, num_sites=2, progress=False)
+    state = tmp_path / "out" / "sites" / "site-0"
+    first = PrivacyLedger(state, site="site-0", delta=run.delta)
+    eps1 = first.epsilon()
+    # Execute: the site "restarts" in a new run with the same state folder
+    simulate(run, num_sites=2, progress=False)
+    # Assert: the history grew and epsilon is composed over both runs, within budget
+    again = PrivacyLedger(state, site="site-0", delta=run.delta)
+    assert len(again.entries) == 2
+    assert len({e.run for e in again.entries}) == 2
+    assert again.epsilon() > eps1
+    assert again.epsilon() == pytest.approx(compose_epsilon(again.history(), delta=run.delta))
+    assert again.epsilon() <= run.epsilon
+
+
+def test_poisoned_and_malformed_updates_are_excluded(tmp_path):
+    # Prepare: site-1 replies with NaN weights, site-2 with a wrong-shaped array
+    run = _run(tmp_path)
+
+    def poison(grid):
+        honest = grid._app
+
+        def app(msg, ctx):
+            reply = honest(msg, ctx)
+            pid = ctx.node_config["partition-id"]
+            arrays = reply.content["arrays"]
+            name = next(iter(arrays.keys()))
+            if pid == 1:
+                arrays[name] = Array(np.full(arrays[name].shape, np.nan, dtype=np.float32))
+            if pid == 2:
+                arrays[name] = Array(np.zeros((3, 3), dtype=np.float32))
+            return reply
+
+        grid._app = app
+
+    # Execute
+    strategy = simulate(run, num_sites=3, progress=False, grid_hook=poison)
+    # Assert
+    excluded = strategy.rounds[0].excluded
+    assert "NaN" in excluded["site-1"]
+    assert "shape" in excluded["site-2"]
+    assert strategy.rounds[0].aggregated == 1
+    unet = UNet2DModel.from_pretrained(tmp_path / "out" / "global", subfolder="unet")
+    assert all(torch.isfinite(p).all() for p in unet.parameters())
+
+
+def test_a_failing_site_does_not_take_down_the_round(tmp_path):
+    run = _run(tmp_path)
+
+    def break_one(grid):
+        honest = grid._app
+
+        def app(msg, ctx):
+            if ctx.node_config["partition-id"] == 0:
+                raise RuntimeError("disk on fire")
+            return honest(msg, ctx)
+
+        grid._app = app
+
+    strategy = simulate(run, num_sites=3, progress=False, grid_hook=break_one)
+    assert "disk on fire" in strategy.rounds[0].excluded["node-1000"]
+    assert strategy.rounds[0].aggregated == 2

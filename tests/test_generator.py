@@ -1,0 +1,137 @@
+"""The generator: exact per-example gradients, per-example clipping, training, sampling, I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from opacus.optimizers import DPOptimizer
+from PIL import Image
+
+from shared.generator import (
+    GeneratorConfig,
+    build_train_scheduler,
+    build_unet,
+    diffusion_loss,
+    per_example_grads,
+    poisson_sample_rate,
+    sample_images,
+    save_generator,
+    to_uint8,
+    train_dp,
+)
+from shared.generator.generate import generate_to_folder
+
+CFG = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16))
+
+
+def _model(seed: int = 0) -> tuple[UNet2DModel, DDPMScheduler]:
+    torch.manual_seed(seed)
+    return build_unet(CFG), build_train_scheduler(CFG)
+
+
+def _draws(b: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((b, k, 1, 8, 8), generator=g) * 2 - 1
+    noise = torch.randn((b, k, 1, 8, 8), generator=g)
+    t = torch.randint(0, 1000, (b, k), generator=g)
+    y = torch.randint(0, 3, (b,), generator=g)
+    return x0, y, noise, t
+
+
+def test_per_example_grads_equal_naive_backward_with_noise_multiplicity():
+    # Prepare
+    unet, sched = _model()
+    alphas = sched.alphas_cumprod.float()
+    x0, y, noise, t = _draws(b=3, k=4)
+    # Execute
+    grads, losses = per_example_grads(unet, x0, y, noise, t, alphas)
+    # Assert: one row per EXAMPLE (not per draw), equal to the gradient of its K-mean loss
+    for name, g in grads.items():
+        assert g.shape[0] == 3, name
+    for i in range(3):
+        unet.zero_grad()
+        loss = diffusion_loss(unet, x0[i], y[i].repeat(4), noise[i], t[i], alphas)
+        loss.backward()
+        assert float(losses[i]) == pytest.approx(float(loss), rel=1e-5)
+        for name, p in unet.named_parameters():
+            torch.testing.assert_close(grads[name][i], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_clipping_is_per_example_not_per_draw():
+    # Prepare: per-example gradients of K=4 draws, handed to Opacus's DPOptimizer, no noise
+    unet, sched = _model()
+    alphas = sched.alphas_cumprod.float()
+    x0, y, noise, t = _draws(b=5, k=4, seed=1)
+    grads, _ = per_example_grads(unet, x0, y, noise, t, alphas)
+    params = list(unet.parameters())
+    names = [n for n, _ in unet.named_parameters()]
+    clip = 1e-3  # far below every per-example norm: each example contributes exactly C
+    opt = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
+                      expected_batch_size=5)
+    for n, p in zip(names, params, strict=True):
+        p.grad_sample = grads[n].clone()
+    # Execute
+    opt.step()
+    # Assert: the summed gradient has norm <= 5 * C / 5 = C (five examples of norm C each,
+    # averaged over the expected batch); clipping 20 draw-rows would allow 4x that.
+    flat = torch.cat([p.grad.flatten() for p in params])
+    row_norms = torch.stack([torch.cat([grads[n][i].flatten() for n in names]).norm()
+                             for i in range(5)])
+    assert bool((row_norms > clip).all())
+    expected = sum(torch.cat([grads[n][i].flatten() for n in names]) * (clip / row_norms[i])
+                   for i in range(5)) / 5
+    torch.testing.assert_close(flat, expected, atol=1e-9, rtol=1e-4)
+    assert float(flat.norm()) <= clip + 1e-9
+
+
+def test_train_dp_changes_weights_and_counts_steps():
+    unet, sched = _model()
+    before = [p.detach().clone() for p in unet.parameters()]
+    images = torch.rand(40, 1, 8, 8) * 2 - 1
+    labels = torch.randint(0, 3, (40,))
+    q = poisson_sample_rate(40, 10)
+    out = train_dp(unet, sched, images, labels, steps=2, sample_rate=q, noise_multiplier=1.0,
+                   max_grad_norm=1.0, learning_rate=1e-3, noise_multiplicity=2)
+    assert out.steps == 2
+    assert np.isfinite(out.loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
+    assert all(getattr(p, "grad_sample", None) is None for p in unet.parameters())
+
+
+def test_sample_shape_and_range():
+    unet, sched = _model()
+    x = sample_images(unet, sched, [0, 1, 2, 2], num_inference_steps=2, seed=0)
+    assert x.shape == (4, 1, 8, 8)
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    u8 = to_uint8(x)
+    assert u8.shape == (4, 8, 8, 1) and u8.dtype == np.uint8
+
+
+def test_saved_folder_loads_with_diffusers_and_generate_writes_outputs(tmp_path):
+    # Prepare: a saved generator folder
+    unet, sched = _model()
+    save_generator(tmp_path / "model", unet, sched, CFG)
+    # Execute
+    loaded = UNet2DModel.from_pretrained(tmp_path / "model", subfolder="unet")
+    DDPMScheduler.from_pretrained(tmp_path / "model", subfolder="scheduler")
+    info = generate_to_folder(tmp_path / "model", tmp_path / "out", num_samples=6, seed=0,
+                              steps=2)
+    # Assert
+    for a, b in zip(unet.state_dict().values(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    data = np.load(info["npz"])
+    assert data["images"].shape == (6, 8, 8, 1) and data["images"].dtype == np.uint8
+    assert sorted(set(data["labels"].tolist())) == [0, 1, 2]
+    pngs = sorted((tmp_path / "out").glob("*/*.png"))
+    assert len(pngs) == 6
+    assert Image.open(pngs[0]).size == (8, 8)
+    assert Image.open(tmp_path / "out" / "grid.png").size[0] > 8
+
+
+def test_generate_rejects_bad_label(tmp_path):
+    unet, sched = _model()
+    save_generator(tmp_path / "m", unet, sched, CFG)
+    with pytest.raises(ValueError, match="--label must be a class index in \\[0, 2\\]"):
+        generate_to_folder(tmp_path / "m", tmp_path / "o", num_samples=2, label=7)

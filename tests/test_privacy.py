@@ -1,0 +1,144 @@
+"""Privacy math known answers, the ledger's restart and tamper behaviour, budget planning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from shared.errors import LedgerError
+from shared.privacy import (
+    PrivacyLedger,
+    compose_epsilon,
+    max_steps_within_budget,
+    plan_noise_multiplier,
+)
+from shared.privacy.ledger import HEAD_FILE, LEDGER_FILE
+
+
+def test_compose_matches_opacus_known_answer():
+    # Opacus's own test pins sigma 1.5, q 0.04, 2250 steps, delta 1e-5 -> 7.32911117143
+    eps = compose_epsilon([(1.5, 0.04, 2250)], delta=1e-5)
+    assert eps == pytest.approx(7.32911117143, abs=1e-9)
+
+
+def test_three_rounds_compose_to_one_accountant_not_the_last_round():
+    # Prepare: three rounds of 750 steps (the Flower Opacus example's shape)
+    rounds = [(1.5, 0.04, 750)] * 3
+    one_round = compose_epsilon(rounds[:1], delta=1e-5)
+    # Execute
+    total = compose_epsilon(rounds, delta=1e-5)
+    # Assert: equals one uninterrupted accountant over all 2250 steps, not one round's ~4.0
+    acc = RDPAccountant()
+    for _ in range(2250):
+        acc.step(noise_multiplier=1.5, sample_rate=0.04)
+    assert total == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+    assert one_round == pytest.approx(4.0, abs=0.05)
+    assert total > one_round * 1.5
+
+
+def test_plan_matches_opacus_get_noise_multiplier_from_scratch():
+    sigma = plan_noise_multiplier([], delta=1e-5, budget=8.0, sample_rate=0.04, steps=2000)
+    ref = get_noise_multiplier(target_epsilon=8, target_delta=1e-5, sample_rate=0.04, steps=2000)
+    assert ref == pytest.approx(1.3562, abs=1e-4)  # Opacus's pinned value
+    assert sigma == pytest.approx(ref, rel=0.01)
+    assert compose_epsilon([(sigma, 0.04, 2000)], delta=1e-5) <= 8.0
+
+
+def test_plan_counts_what_was_already_spent():
+    spent = [(2.0, 0.1, 100)]
+    fresh = plan_noise_multiplier([], delta=1e-5, budget=8.0, sample_rate=0.1, steps=200)
+    restored = plan_noise_multiplier(spent, delta=1e-5, budget=8.0, sample_rate=0.1, steps=200)
+    assert restored > fresh
+    assert compose_epsilon([*spent, (restored, 0.1, 200)], delta=1e-5) <= 8.0
+
+
+def test_plan_returns_none_when_budget_is_gone():
+    spent = [(0.5, 1.0, 100)]  # a huge spend
+    assert compose_epsilon(spent, delta=1e-5) > 50
+    assert plan_noise_multiplier(spent, delta=1e-5, budget=1.0, sample_rate=0.1, steps=10) is None
+
+
+def test_max_steps_cuts_to_budget():
+    n = max_steps_within_budget([], delta=1e-5, budget=1.0, noise_multiplier=3.0,
+                                sample_rate=0.1, max_steps=10_000)
+    assert 0 < n < 10_000
+    assert compose_epsilon([(3.0, 0.1, n)], delta=1e-5) <= 1.0
+    assert compose_epsilon([(3.0, 0.1, n + 1)], delta=1e-5) > 1.0
+
+
+def _ledger_with_two_entries(tmp_path):
+    ledger = PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+    ledger.append(mechanism="dp-sgd", noise_multiplier=1.5, sample_rate=0.04, steps=750,
+                  run="r1", round=1)
+    ledger.append(mechanism="dp-sgd", noise_multiplier=1.5, sample_rate=0.04, steps=750,
+                  run="r1", round=2)
+    return ledger
+
+
+def test_ledger_restart_continues_epsilon(tmp_path):
+    # Prepare: a site spends two rounds, then "restarts" (a new object from the folder)
+    first = _ledger_with_two_entries(tmp_path)
+    # Execute
+    restarted = PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+    restarted.append(mechanism="dp-sgd", noise_multiplier=1.5, sample_rate=0.04, steps=750,
+                     run="r2", round=1)
+    # Assert: 3 x 750 steps across two runs compose like 2250 uninterrupted steps
+    assert len(restarted.entries) == 3
+    assert first.epsilon() < restarted.epsilon()
+    assert restarted.epsilon() == pytest.approx(7.32911117143, abs=1e-9)
+
+
+def test_ledger_refuses_edited_entry(tmp_path):
+    _ledger_with_two_entries(tmp_path)
+    path = tmp_path / LEDGER_FILE
+    data = json.loads(path.read_text())
+    data["entries"][0]["steps"] = 1  # someone lowers the recorded spending
+    path.write_text(json.dumps(data))
+    with pytest.raises(LedgerError, match="corrupted or was edited at entry 0"):
+        PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+
+
+def test_ledger_refuses_truncated_file(tmp_path):
+    _ledger_with_two_entries(tmp_path)
+    path = tmp_path / LEDGER_FILE
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(LedgerError, match="cannot be read"):
+        PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+
+
+def test_ledger_refuses_dropped_entries(tmp_path):
+    _ledger_with_two_entries(tmp_path)
+    path = tmp_path / LEDGER_FILE
+    data = json.loads(path.read_text())
+    data["entries"] = data["entries"][:1]  # a consistent chain, one entry shorter
+    path.write_text(json.dumps(data))
+    with pytest.raises(LedgerError, match="truncated or replaced"):
+        PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+
+
+def test_ledger_refuses_deleted_file_never_resets(tmp_path):
+    _ledger_with_two_entries(tmp_path)
+    (tmp_path / LEDGER_FILE).unlink()
+    assert (tmp_path / HEAD_FILE).exists()
+    with pytest.raises(LedgerError, match="missing"):
+        PrivacyLedger(tmp_path, site="site-a", delta=1e-5)
+
+
+def test_ledger_refuses_other_site_and_other_delta(tmp_path):
+    _ledger_with_two_entries(tmp_path)
+    with pytest.raises(LedgerError, match="belongs to site"):
+        PrivacyLedger(tmp_path, site="site-b", delta=1e-5)
+    with pytest.raises(LedgerError, match="delta"):
+        PrivacyLedger(tmp_path, site="site-a", delta=1e-6)
+
+
+def test_ledger_summary_json_shape(tmp_path):
+    ledger = _ledger_with_two_entries(tmp_path)
+    s = ledger.summary(budget=10.0)
+    assert {"site", "mechanism", "delta", "epsilon", "budget", "entries"} <= set(s)
+    assert [e["round"] for e in s["entries"]] == [1, 2]
+    assert s["entries"][-1]["epsilon"] == pytest.approx(s["epsilon"])
+    assert {"run", "round", "noise-multiplier", "sample-rate", "steps"} <= set(s["entries"][0])
