@@ -1,0 +1,33 @@
+"""Evaluation: downstream classifier (TSTR / TRTR), fidelity metrics and privacy audit."""
+
+from shared.evaluate.classifier import (
+    Classifier,
+    classification_report,
+    train_classifier,
+    tstr,
+)
+from shared.evaluate.fidelity import (
+    FeatureExtractor,
+    fidelity_report,
+    frechet_distance,
+    precision_recall,
+)
+from shared.evaluate.privacy_audit import (
+    loss_threshold_attack,
+    membership_inference_auc,
+    memorization_report,
+)
+
+__all__ = [
+    "Classifier",
+    "FeatureExtractor",
+    "classification_report",
+    "fidelity_report",
+    "frechet_distance",
+    "loss_threshold_attack",
+    "membership_inference_auc",
+    "memorization_report",
+    "precision_recall",
+    "train_classifier",
+    "tstr",
+]
