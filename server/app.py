@@ -31,7 +31,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point (``flwr run .`` and ``fedaug simulate`` both come here)."""
     run = RunConfig.from_mapping(context.run_config, source="run config")
-    run_server(grid, run)
+    run_server(grid, run, wait_for_sites_s=run.wait_for_sites_s)
 
 
 def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ...]]:
@@ -129,7 +129,8 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
              run.data, gen_config.block_out_channels,
              sum(p.numel() for p in unet.parameters()), len(policy.ops))
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(unet.state_dict()),
-                            num_rounds=run.num_server_rounds, train_config=train_config)
+                            num_rounds=run.num_server_rounds, train_config=train_config,
+                            timeout=run.round_timeout_s)
     rounds_done = sum(1 for r in strategy.rounds if r.aggregated)
     if rounds_done == 0:
         log.error("No round was aggregated; no global model written.")

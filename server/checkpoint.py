@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from shared.atomic import atomic_dir
 from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 
-__all__ = ["write_global", "read_model_card", "MODEL_CARD"]
+__all__ = ["write_global", "read_model_card", "update_model_card", "MODEL_CARD"]
 
 MODEL_CARD = "model_card.json"
 
@@ -40,3 +40,13 @@ def read_model_card(folder: str | Path) -> dict[str, Any]:
     """The model card of a global model folder."""
     return json.loads((Path(folder) / MODEL_CARD).read_text(encoding="utf-8"))
 
+
+
+def update_model_card(folder: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` into the model card of ``folder`` (atomic rewrite of the card)."""
+    from shared.atomic import atomic_write_json
+
+    card = read_model_card(folder)
+    card.update(extra)
+    atomic_write_json(Path(folder) / MODEL_CARD, card)
+    return card

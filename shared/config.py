@@ -184,6 +184,10 @@ class RunConfig(_Settings):
     max_update_norm: float = _opt(1000.0, "a reply whose parameters are farther than this (L2) "
                                   "from the global model is excluded as malformed", lo=0.0,
                                   lo_open=True)
+    round_timeout_s: float = _opt(600.0, "seconds the server waits for replies in a round; "
+                                  "sites that have not replied by then are left out", lo=1.0)
+    wait_for_sites_s: float = _opt(60.0, "seconds a deployed server waits for min-sites to "
+                                   "connect before a round (0 in fedaug simulate)", lo=0.0)
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
     model_channels: str = _opt("32,64", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)

@@ -44,6 +44,9 @@ def test_two_sites_one_round_end_to_end(tmp_path):
         ledger = PrivacyLedger(out / "sites" / site["site"], site=site["site"], delta=run.delta)
         assert site["epsilon"] == pytest.approx(ledger.epsilon())
     assert (out / "sample_grid.png").stat().st_size > 0
+    audit = card["privacy-audit"]
+    assert 0.0 <= audit["memorization-rate"] <= 1.0
+    assert 0.0 <= audit["membership-inference-auc"] <= 1.0
     assert strategy.rounds[0].aggregated == 2
 
 
@@ -55,7 +58,7 @@ def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
     data_shapes = {digits.images.shape[1:], digits.images.shape[1:3],
                    digits.images.shape[1:3][::-1]}
     # Execute
-    simulate(run, num_sites=2, capture=captured, progress=False)
+    simulate(run, num_sites=2, capture=captured, progress=False, audit=False)
     # Assert
     assert len(captured) == 2
     unet_names = set(UNet2DModel.from_pretrained(tmp_path / "out" / "global",
@@ -83,7 +86,7 @@ def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
     run = _run(tmp_path, **{"num-server-rounds": 6, "noise-multiplier": 2.0, "local-steps": 20,
                             "epsilon": 1.0})
     # Execute
-    strategy = simulate(run, num_sites=2, progress=False)
+    strategy = simulate(run, num_sites=2, progress=False, audit=False)
     # Assert
     card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
     assert strategy.ended and "privacy budget left" in strategy.ended
@@ -97,12 +100,12 @@ def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
 def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
     # Prepare: one run of 1 round
     run = _run(tmp_path)
-    simulate(run, num_sites=2, progress=False)
+    simulate(run, num_sites=2, progress=False, audit=False)
     state = tmp_path / "out" / "sites" / "site-0"
     first = PrivacyLedger(state, site="site-0", delta=run.delta)
     eps1 = first.epsilon()
     # Execute: the site "restarts" in a new run with the same state folder
-    simulate(run, num_sites=2, progress=False)
+    simulate(run, num_sites=2, progress=False, audit=False)
     # Assert: the history grew and epsilon is composed over both runs, within budget
     again = PrivacyLedger(state, site="site-0", delta=run.delta)
     assert len(again.entries) == 2
@@ -133,7 +136,7 @@ def test_poisoned_and_malformed_updates_are_excluded(tmp_path):
         grid._app = app
 
     # Execute
-    strategy = simulate(run, num_sites=3, progress=False, grid_hook=poison)
+    strategy = simulate(run, num_sites=3, progress=False, grid_hook=poison, audit=False)
     # Assert
     excluded = strategy.rounds[0].excluded
     assert "NaN" in excluded["site-1"]
@@ -156,6 +159,6 @@ def test_a_failing_site_does_not_take_down_the_round(tmp_path):
 
         grid._app = app
 
-    strategy = simulate(run, num_sites=3, progress=False, grid_hook=break_one)
+    strategy = simulate(run, num_sites=3, progress=False, grid_hook=break_one, audit=False)
     assert "disk on fire" in strategy.rounds[0].excluded["node-1000"]
     assert strategy.rounds[0].aggregated == 2

@@ -1,0 +1,205 @@
+"""``fedaug evaluate`` / ``fedaug audit``: does the global generator help, and does it leak?"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from shared.atomic import atomic_write_bytes, atomic_write_json
+from shared.augment import Policy, apply_policy
+from shared.data import ImageDataset
+from shared.evaluate.classifier import classification_report, train_classifier
+from shared.evaluate.fidelity import fidelity_report
+from shared.evaluate.privacy_audit import loss_threshold_attack, memorization_report
+from shared.generator import load_generator, make_grid, sample_images, to_uint8
+
+__all__ = ["diffusion_loss_fn", "privacy_audit", "evaluate_generator", "small_site_subset"]
+
+
+def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 0
+                      ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Per-example denoising loss averaged over ``draws`` fixed (timestep, noise) draws.
+
+    The same draws score every example, so members and non-members are scored alike
+    (the loss-threshold membership attack of Yeom et al. 2018, on the diffusion loss).
+    """
+    alphas = scheduler.alphas_cumprod.float()
+    t_max = scheduler.config.num_train_timesteps
+    g = torch.Generator().manual_seed(seed)
+    ts = torch.linspace(0, t_max - 1, draws).long()
+
+    @torch.no_grad()
+    def loss(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        x0 = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = torch.from_numpy(np.asarray(labels)).long()
+        total = torch.zeros(len(x0))
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+        for t in ts:
+            noise = torch.randn(x0.shape, generator=gen)
+            a = alphas[t]
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            pred = unet(noisy, t.expand(len(x0)), class_labels=y).sample
+            total += ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        return (total / len(ts)).numpy()
+
+    return loss
+
+
+def _sample(model_dir: str | Path, num_classes: int, per_class: int, *, steps: int, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    unet, scheduler, _ = load_generator(model_dir)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
+                                    seed=seed, progress=len(labels) > 512))
+    return images, labels.astype(np.int64)
+
+
+def privacy_audit(model_dir: str | Path, train: ImageDataset, holdout: ImageDataset, *,
+                  num_samples: int = 500, steps: int = 50, seed: int = 0,
+                  synthetic: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Memorization (distance to closest record, train vs holdout) and a membership-
+    inference attack (loss threshold on the diffusion loss) against the global generator.
+
+    ``train`` should be the records the generator was trained on (all sites' training
+    data), ``holdout`` real records it never saw.
+    """
+    unet, scheduler, config = load_generator(model_dir)
+    if synthetic is None:
+        per_class = max(1, num_samples // config.num_classes)
+        synthetic = _sample(model_dir, config.num_classes, per_class, steps=steps, seed=seed)
+    mem = memorization_report(synthetic[0], train.images, holdout.images, seed=seed)
+    n = min(len(train), len(holdout), 1000)
+    rng = np.random.default_rng(seed)
+    mi = rng.choice(len(train), n, replace=False)
+    ni = rng.choice(len(holdout), n, replace=False)
+    attack = loss_threshold_attack(diffusion_loss_fn(unet, scheduler, seed=seed),
+                                   (train.images[mi], train.labels[mi]),
+                                   (holdout.images[ni], holdout.labels[ni]))
+    return {
+        "memorization-rate": mem["memorization-rate"],
+        "dcr-train-median": mem["dcr-train-median"],
+        "dcr-holdout-median": mem["dcr-holdout-median"],
+        "membership-inference-auc": attack["auc"],
+        "membership-inference-advantage": attack["advantage"],
+        "num-synthetic": int(len(synthetic[0])),
+        "num-members": n,
+        "num-nonmembers": n,
+        "definition": "memorization-rate: fraction of synthetic samples whose nearest "
+                      "training record is closer than half their nearest holdout record; "
+                      "membership-inference-auc: loss-threshold attack on the per-example "
+                      "diffusion loss (0.5 = no leakage)",
+    }
+
+
+def small_site_subset(data: ImageDataset, size: int, *, seed: int = 0) -> ImageDataset:
+    """A small site: ``size`` random training records (at least one per class if possible)."""
+    rng = np.random.default_rng(seed)
+    first = [rng.choice(np.flatnonzero(data.labels == c)) for c in range(data.num_classes)
+             if np.any(data.labels == c)]
+    rest = rng.permutation(np.setdiff1d(np.arange(len(data)), first))
+    idx = np.sort(np.concatenate([first, rest[:max(0, size - len(first))]]).astype(np.int64))
+    return data.subset(idx)
+
+
+def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDataset, *,
+                       num_samples: int = 1000, small_site: ImageDataset | None = None,
+                       policy: Policy | None = None, steps: int = 50, seed: int = 0,
+                       epochs: int = 8, out_dir: str | Path | None = None,
+                       audit: bool = True) -> dict[str, Any]:
+    """The full report: utility (TSTR vs TRTR), augmentation gain for a small site,
+    fidelity in a real-data classifier's feature space, and the privacy audit.
+
+    Writes ``report.json`` and ``report.png`` into ``out_dir`` when given.
+    """
+    t0 = time.perf_counter()
+    _, _, config = load_generator(model_dir)
+    k = config.num_classes
+    per_class = max(1, num_samples // k)
+    syn_x, syn_y = _sample(model_dir, k, per_class, steps=steps, seed=seed)
+    kw = {"num_classes": k, "seed": seed, "epochs": epochs}
+    real_clf = train_classifier(train.images, train.labels, **kw)
+    syn_clf = train_classifier(syn_x, syn_y, **kw)
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "num-synthetic": int(len(syn_x)),
+        "utility": {
+            "tstr": classification_report(syn_clf, test.images, test.labels),
+            "trtr": classification_report(real_clf, test.images, test.labels),
+        },
+        "fidelity": fidelity_report(real_clf, test.images, test.labels, syn_x, syn_y),
+    }
+    if small_site is not None:
+        policy = policy or Policy.default("image")
+        counter = iter(range(10**9))
+
+        def augment(batch: np.ndarray) -> np.ndarray:
+            return apply_policy(policy, batch, seed=seed * 7919 + next(counter))
+
+        local = train_classifier(small_site.images, small_site.labels, **kw)
+        local_aug = train_classifier(small_site.images, small_site.labels, augment=augment, **kw)
+        mixed_x = np.concatenate([small_site.images, syn_x])
+        mixed_y = np.concatenate([small_site.labels, syn_y])
+        local_syn = train_classifier(mixed_x, mixed_y, augment=augment, **kw)
+        accs = {name: classification_report(clf, test.images, test.labels)
+                for name, clf in (("local", local), ("local+augment", local_aug),
+                                  ("local+augment+synthetic", local_syn))}
+        report["augmentation-gain"] = {
+            "small-site-size": int(len(small_site)),
+            **accs,
+            "gain-augment": accs["local+augment"]["accuracy"] - accs["local"]["accuracy"],
+            "gain-synthetic": (accs["local+augment+synthetic"]["accuracy"]
+                               - accs["local"]["accuracy"]),
+        }
+    if audit:
+        report["privacy-audit"] = privacy_audit(model_dir, train, test, seed=seed,
+                                                synthetic=(syn_x, syn_y))
+    card = Path(model_dir) / "model_card.json"
+    if card.is_file():
+        report["model-card-sites"] = json.loads(card.read_text(encoding="utf-8")).get("sites")
+    report["wall-s"] = time.perf_counter() - t0
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_json(out / "report.json", report)
+        buf = io.BytesIO()
+        report_figure(syn_x, syn_y, test, report).save(buf, format="PNG")
+        atomic_write_bytes(out / "report.png", buf.getvalue())
+    return report
+
+
+def report_figure(syn_x: np.ndarray, syn_y: np.ndarray, real: ImageDataset,
+                  report: dict[str, Any], *, per_class: int = 8) -> Image.Image:
+    """Per class: real samples (left) beside synthetic ones (right); below, accuracy bars."""
+    k = real.num_classes
+    pick_real = np.concatenate([np.flatnonzero(real.labels == c)[:per_class] for c in range(k)])
+    pick_syn = np.concatenate([np.flatnonzero(syn_y == c)[:per_class] for c in range(k)])
+    scale = max(1, 96 // real.images.shape[1])
+    left = make_grid(real.images[pick_real], rows=k, scale=scale).convert("RGB")
+    right = make_grid(syn_x[pick_syn], rows=k, scale=scale).convert("RGB")
+    bars = {"TRTR (real)": report["utility"]["trtr"]["accuracy"],
+            "TSTR (synthetic)": report["utility"]["tstr"]["accuracy"]}
+    for name, r in report.get("augmentation-gain", {}).items():
+        if isinstance(r, dict) and "accuracy" in r:
+            bars[f"small site: {name}"] = r["accuracy"]
+    width = left.width + right.width + 30
+    bar_h = 22
+    canvas = Image.new("RGB", (max(width, 520), max(left.height, right.height) + 40
+                               + bar_h * len(bars) + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((5, 5), "real", fill="black")
+    draw.text((left.width + 25, 5), "synthetic", fill="black")
+    canvas.paste(left, (5, 25))
+    canvas.paste(right, (left.width + 25, 25))
+    y0 = max(left.height, right.height) + 35
+    for i, (name, acc) in enumerate(bars.items()):
+        y = y0 + i * bar_h
+        draw.text((5, y + 4), f"{name}: {acc:.3f}", fill="black")
+        draw.rectangle([230, y + 3, 230 + int(260 * acc), y + bar_h - 5], fill=(60, 110, 200))
+    return canvas
