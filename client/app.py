@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.site import resolve_site
@@ -14,6 +14,7 @@ from shared import keys
 from shared.augment import Policy
 from shared.config import RunConfig, TrainSettings
 from shared.generator import GeneratorConfig
+from shared.wire import to_wire
 
 __all__ = ["app", "handle_train"]
 
@@ -46,7 +47,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         device=device,
     )
     content = RecordDict({
-        keys.ARRAYS: ArrayRecord(result.state_dict),
+        keys.ARRAYS: to_wire(result.state_dict, run.transfer_dtype),
         keys.METRICS: MetricRecord(result.metrics),
         keys.CONFIG: ConfigRecord({keys.SITE: site.name, keys.STATUS: result.status,
                                    keys.POLICY: result.policy_json}),

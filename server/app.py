@@ -105,8 +105,9 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
                      card=card(strategy, summary.server_round))
         eps = ", ".join(f"{r['site']} {r['epsilon']:.2f}" for r in strategy.site_cards())
         log.info("round %d/%d: %d/%d sites replied, %d aggregated | loss %.4f | epsilon: %s | "
-                 "%.1fs", summary.server_round, run.num_server_rounds, summary.replied,
-                 summary.selected, summary.aggregated, summary.loss, eps, summary.seconds)
+                 "%.1fs | %.0f kB down, %.0f kB up per site", summary.server_round, run.num_server_rounds, summary.replied,
+                 summary.selected, summary.aggregated, summary.loss, eps, summary.seconds,
+                 summary.bytes_down_per_site / 1e3, summary.bytes_up_per_site / 1e3)
 
     strategy = FedAugStrategy(
         policy=policy,
@@ -118,6 +119,7 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         on_round=on_round,
         seed=run.seed,
         wait_for_sites_s=wait_for_sites_s,
+        transfer_dtype=run.transfer_dtype,
     )
     train_config = ConfigRecord({
         **settings.to_mapping(),

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from shared import keys
 from shared.augment import Policy, merge_policies
 from shared.errors import PolicyError
+from shared.wire import cast_record, record_nbytes
 
 __all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary"]
 
@@ -54,6 +55,8 @@ class RoundSummary:
     excluded: dict[str, str] = field(default_factory=dict)
     loss: float = float("nan")
     seconds: float = 0.0
+    bytes_down_per_site: int = 0
+    bytes_up_per_site: float = 0.0
 
 
 class FedAugStrategy(FedAvg):
@@ -83,13 +86,17 @@ class FedAugStrategy(FedAvg):
         Seeds site selection.
     wait_for_sites_s : float (default: 0.0)
         How long to wait for enough sites to connect before ending the run.
+    transfer_dtype : str (default: "float32")
+        Parameters travel in this dtype both ways ("float16" halves the traffic); the
+        server aggregates in float64 and keeps float32 weights.
     """
 
     def __init__(self, *, policy: Policy, min_sites: int = 2, fraction_train: float = 1.0,
                  aggregation: str = "mean", max_update_norm: float = 1000.0,
                  ema_decay: float = 0.0,
                  on_round: Callable[[RoundSummary, ArrayRecord, FedAugStrategy], None] | None = None,
-                 seed: int = 0, wait_for_sites_s: float = 0.0) -> None:
+                 seed: int = 0, wait_for_sites_s: float = 0.0,
+                 transfer_dtype: str = "float32") -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0,
                          min_train_nodes=min_sites, min_evaluate_nodes=0,
                          min_available_nodes=min_sites, weighted_by_key=keys.NUM_EXAMPLES,
@@ -103,6 +110,8 @@ class FedAugStrategy(FedAvg):
         self.ema_decay = ema_decay
         self.on_round = on_round
         self.wait_for_sites_s = wait_for_sites_s
+        self.transfer_dtype = transfer_dtype
+        self._bytes_down = 0
         self.sites: dict[int, SiteRecord] = {}
         self.exhausted: set[int] = set()
         self.ended: str | None = None
@@ -134,7 +143,10 @@ class FedAugStrategy(FedAvg):
         self._selected = len(chosen)
         config[keys.SERVER_ROUND] = server_round
         config[keys.POLICY] = self.policy.to_json()
-        record = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        wire = arrays if self.transfer_dtype == "float32" else cast_record(arrays,
+                                                                           self.transfer_dtype)
+        self._bytes_down = record_nbytes(wire)
+        record = RecordDict({keys.ARRAYS: wire, keys.CONFIG: config})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n)
                 for n in chosen]
 
@@ -156,7 +168,11 @@ class FedAugStrategy(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each reply alone, exclude bad ones with a log line, aggregate the rest."""
         replies = list(replies)
-        summary = RoundSummary(server_round, self._selected, len(replies), 0)
+        summary = RoundSummary(server_round, self._selected, len(replies), 0,
+                               bytes_down_per_site=self._bytes_down)
+        up = [record_nbytes(m.content[keys.ARRAYS]) for m in replies
+              if not m.has_error() and keys.ARRAYS in m.content.array_records]
+        summary.bytes_up_per_site = float(np.mean(up)) if up else 0.0
         good: list[tuple[RecordDict, Policy, SiteRecord]] = []
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -246,7 +262,7 @@ class FedAugStrategy(FedAvg):
                     return f"parameter {k} has shape {a.shape}, expected {r.shape}", None
                 if not np.all(np.isfinite(a)):
                     return f"parameter {k} holds NaN or Inf", None
-                sq += float(np.sum((a.astype(np.float64) - r) ** 2))
+                sq += float(np.sum((a.astype(np.float64) - r.astype(np.float64)) ** 2))
             if np.sqrt(sq) > self.max_update_norm:
                 return (f"update norm {np.sqrt(sq):.3g} exceeds max-update-norm "
                         f"{self.max_update_norm:g}"), None
@@ -267,7 +283,8 @@ class FedAugStrategy(FedAvg):
                 k = int(len(stack) * 0.2)
                 srt = np.sort(stack, axis=0)
                 agg = srt[k:len(stack) - k].mean(axis=0)
-            out[name] = Array(np.asarray(agg, dtype=stack.dtype))
+            out[name] = Array(np.asarray(agg, dtype=np.float32 if np.issubdtype(
+                stack.dtype, np.floating) else stack.dtype))
         return ArrayRecord(out)
 
     def _update_ema(self, arrays: ArrayRecord) -> ArrayRecord:
@@ -279,8 +296,7 @@ class FedAugStrategy(FedAvg):
         else:
             d = self.ema_decay
             self._ema = {k: d * self._ema[k] + (1 - d) * v for k, v in current.items()}
-        return ArrayRecord({k: Array(v.astype(arrays[k].numpy().dtype))
-                            for k, v in self._ema.items()})
+        return ArrayRecord({k: Array(v.astype(np.float32)) for k, v in self._ema.items()})
 
     def site_cards(self) -> list[dict[str, Any]]:
         """Per-site entries of the model card, sorted by site name."""

@@ -184,6 +184,8 @@ class RunConfig(_Settings):
     max_update_norm: float = _opt(1000.0, "a reply whose parameters are farther than this (L2) "
                                   "from the global model is excluded as malformed", lo=0.0,
                                   lo_open=True)
+    transfer_dtype: str = _opt("float32", "dtype of parameters on the wire; float16 halves the "
+                               "traffic", choices=("float32", "float16"))
     round_timeout_s: float = _opt(600.0, "seconds the server waits for replies in a round; "
                                   "sites that have not replied by then are left out", lo=1.0)
     wait_for_sites_s: float = _opt(60.0, "seconds a deployed server waits for min-sites to "
