@@ -58,7 +58,8 @@ def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ..
         names = names or data.class_names
     cfg = GeneratorConfig(image_size=size, channels=channels, num_classes=len(names),
                           block_out_channels=run.channels_tuple,
-                          layers_per_block=run.layers_per_block)
+                          layers_per_block=run.layers_per_block,
+                          prediction_type=run.prediction_type)
     return cfg, names
 
 

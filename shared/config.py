@@ -193,6 +193,8 @@ class RunConfig(_Settings):
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
     model_channels: str = _opt("32,64", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
+    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0) or epsilon",
+                                choices=("sample", "epsilon"))
     ema_decay: float = _opt(0.0, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     sample_steps: int = _opt(50, "DDIM steps when sampling", lo=1, hi=1000)

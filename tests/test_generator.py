@@ -40,21 +40,23 @@ def _draws(b: int, k: int, seed: int = 0):
     return x0, y, noise, t
 
 
-def test_per_example_grads_equal_naive_backward_with_noise_multiplicity():
+@pytest.mark.parametrize("prediction", ["sample", "epsilon"])
+def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction):
     # Prepare
     unet, sched = _model()
     alphas = sched.alphas_cumprod.float()
     x0, y, noise, t = _draws(b=3, k=4)
     # Execute
-    grads, losses = per_example_grads(unet, x0, y, noise, t, alphas)
+    grads, losses = per_example_grads(unet, x0, y, noise, t, alphas, prediction_type=prediction)
     # Assert: one row per EXAMPLE (not per draw), equal to the gradient of its K-mean loss
     for name, g in grads.items():
         assert g.shape[0] == 3, name
     for i in range(3):
         unet.zero_grad()
-        loss = diffusion_loss(unet, x0[i], y[i].repeat(4), noise[i], t[i], alphas)
+        loss = diffusion_loss(unet, x0[i], y[i].repeat(4), noise[i], t[i], alphas,
+                              prediction_type=prediction)
         loss.backward()
-        assert float(losses[i]) == pytest.approx(float(loss), rel=1e-5)
+        assert float(losses[i]) == pytest.approx(loss.item(), rel=1e-5)
         for name, p in unet.named_parameters():
             torch.testing.assert_close(grads[name][i], p.grad, atol=1e-5, rtol=1e-4)
 

@@ -47,7 +47,8 @@ def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 
             a = alphas[t]
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             pred = unet(noisy, t.expand(len(x0)), class_labels=y).sample
-            total += ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+            target = x0 if scheduler.config.prediction_type == "sample" else noise
+            total += ((pred - target) ** 2).mean(dim=(1, 2, 3))
         return (total / len(ts)).numpy()
 
     return loss

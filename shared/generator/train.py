@@ -63,18 +63,20 @@ def _alphas(scheduler: DDPMScheduler, device: torch.device) -> torch.Tensor:
 
 
 def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
-                   noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor
-                   ) -> torch.Tensor:
-    """Mean epsilon-prediction MSE of a batch of (view, noise, timestep) draws."""
+                   noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
+                   prediction_type: str = "epsilon") -> torch.Tensor:
+    """Mean MSE of a batch of (view, noise, timestep) draws; the target is x0 for
+    ``prediction_type="sample"`` and the noise for ``"epsilon"`` (the scheduler's config)."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
     pred = unet(noisy, t, class_labels=labels).sample
-    return F.mse_loss(pred, noise)
+    return F.mse_loss(pred, x0 if prediction_type == "sample" else noise)
 
 
 def per_example_grads(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
                       noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
-                      *, chunk: int = 64) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                      *, prediction_type: str = "epsilon", chunk: int = 64
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Gradient of each example's K-averaged loss.
 
     Parameters
@@ -100,7 +102,8 @@ def per_example_grads(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
         noisy = a.sqrt() * xe + (1 - a).sqrt() * ne
         pred = functional_call(unet, (p, buffers), (noisy, te),
                                {"class_labels": ye.expand(k)}).sample
-        loss = ((pred - ne) ** 2).mean()
+        target = xe if prediction_type == "sample" else ne
+        loss = ((pred - target) ** 2).mean()
         return loss, loss
 
     g_fn = vmap(grad(one, has_aux=True), in_dims=(None, 0, 0, 0, 0))
@@ -186,6 +189,7 @@ def train_dp(
     if abs(actual_q - sample_rate) > 1e-9:
         raise RuntimeError(f"sample rate drifted: asked {sample_rate}, Opacus uses {actual_q}")
     alphas = _alphas(scheduler, device)
+    prediction = scheduler.config.prediction_type
     t_max = scheduler.config.num_train_timesteps
     params = [p for p in unet.parameters() if p.requires_grad]
     names = [k for k, p in unet.named_parameters() if p.requires_grad]
@@ -206,7 +210,8 @@ def train_dp(
                 x0 = _draw_views(xb, k, augment, torch_gen_dev)
                 noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
                 t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
-                grads, losses = per_example_grads(unet, x0, yb, noise, t, alphas)
+                grads, losses = per_example_grads(unet, x0, yb, noise, t, alphas,
+                                                  prediction_type=prediction)
                 for name, p in zip(names, params, strict=True):
                     p.grad_sample = grads[name]
                 batch_loss = float(losses.mean())
@@ -255,7 +260,8 @@ def train_nondp(
         x0 = _draw_views(xb, k, augment, gen).reshape(b * k, *xb.shape[1:])
         noise = torch.randn(x0.shape, generator=gen, device=device)
         t = torch.randint(0, t_max, (b * k,), generator=gen, device=device)
-        loss = diffusion_loss(unet, x0, yb.repeat_interleave(k), noise, t, alphas)
+        loss = diffusion_loss(unet, x0, yb.repeat_interleave(k), noise, t, alphas,
+                              prediction_type=scheduler.config.prediction_type)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,188 @@
+"""Speed and scale benchmark: DP vs non-DP training, fast sampler vs DDPM, 100 simulated
+sites, traffic per site and round. Everything measured side by side in one run.
+
+    python simulations/benchmarks/speed.py            # table
+    python simulations/benchmarks/speed.py --json     # one JSON object
+    python simulations/benchmarks/speed.py --quick    # smaller, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from shared.config import RunConfig  # noqa: E402
+from shared.data import load_digits_builtin  # noqa: E402
+from shared.evaluate import frechet_distance, train_classifier  # noqa: E402
+from shared.generator import (  # noqa: E402
+    GeneratorConfig,
+    build_train_scheduler,
+    build_unet,
+    poisson_sample_rate,
+    sample_images,
+    to_uint8,
+    train_dp,
+    train_nondp,
+)
+
+
+def _model(run: RunConfig, data) -> tuple:
+    cfg = GeneratorConfig(image_size=data.image_shape[0], channels=data.image_shape[2],
+                          num_classes=data.num_classes, block_out_channels=run.channels_tuple,
+                          layers_per_block=run.layers_per_block,
+                          prediction_type=run.prediction_type)
+    torch.manual_seed(0)
+    return build_unet(cfg), build_train_scheduler(cfg), cfg
+
+
+def bench_training(run: RunConfig, *, steps: int, batch: int) -> dict:
+    """The generator's DP-SGD step against the same model, batch and K without DP."""
+    data = load_digits_builtin(split="train")
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.from_numpy(data.labels)
+    k = run.noise_multiplicity
+    out = {}
+    for mode in ("nondp", "dp", "nondp", "dp"):  # interleaved, second pass counts
+        unet, sched, _ = _model(run, data)
+        if mode == "dp":
+            q = poisson_sample_rate(len(x), batch)
+            r = train_dp(unet, sched, x, y, steps=steps, sample_rate=q, noise_multiplier=1.0,
+                         max_grad_norm=run.max_grad_norm, learning_rate=run.learning_rate,
+                         noise_multiplicity=k)
+            rate = r.examples_seen / r.seconds
+        else:
+            r = train_nondp(unet, sched, x, y, steps=steps, batch_size=batch,
+                            learning_rate=run.learning_rate, noise_multiplicity=k)
+            rate = steps * batch / r.seconds
+        out[mode] = rate
+    return {"nondp-examples-per-s": out["nondp"], "dp-examples-per-s": out["dp"],
+            "dp-over-nondp": out["nondp"] / out["dp"], "noise-multiplicity": k,
+            "batch": batch}
+
+
+def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int) -> dict:
+    """DDIM at ``ddim_steps`` against 1000-step DDPM on one (non-DP trained) model."""
+    data = load_digits_builtin(split="train")
+    test = load_digits_builtin(split="test")
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.from_numpy(data.labels)
+    unet, sched, _ = _model(run, data)
+    train_nondp(unet, sched, x, y, steps=train_steps, batch_size=128, learning_rate=2e-3)
+    labels = (np.arange(n) % data.num_classes).tolist()
+    t0 = time.perf_counter()
+    fast = to_uint8(sample_images(unet, sched, labels, num_inference_steps=ddim_steps, seed=1))
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    slow = to_uint8(sample_images(unet, sched, labels, sampler="ddpm", seed=1))
+    t_slow = time.perf_counter() - t0
+    clf = train_classifier(data.images, data.labels, num_classes=data.num_classes, epochs=8)
+    real = clf.features(test.images)
+    fd_fast = frechet_distance(real, clf.features(fast))
+    fd_slow = frechet_distance(real, clf.features(slow))
+    return {"ddim-steps": ddim_steps, "ddim-samples-per-s": n / t_fast,
+            "ddpm-samples-per-s": n / t_slow, "sampler-speedup": t_slow / t_fast,
+            "ddim-frechet": fd_fast, "ddpm-frechet": fd_slow,
+            "frechet-ratio": fd_fast / fd_slow if fd_slow > 0 else float("nan"),
+            "num-samples": n}
+
+
+_CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import torch; torch.set_num_threads({threads})
+from shared.config import RunConfig
+from simulations.run import simulate
+run = RunConfig.from_mapping({mapping!r}, source="benchmark")
+t0 = time.perf_counter()
+s = simulate(run, num_sites={sites}, progress=False, audit=False)
+print(json.dumps({{"wall-s": time.perf_counter() - t0,
+  "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  "rounds": len(s.rounds), "aggregated": [r.aggregated for r in s.rounds],
+  "bytes-down": s.rounds[-1].bytes_down_per_site, "bytes-up": s.rounds[-1].bytes_up_per_site}}))
+"""
+
+
+def bench_scale(run: RunConfig, *, sites: int, selected: int, rounds: int, threads: int,
+                transfer: str = "float32") -> dict:
+    """A simulated federation in a fresh process; its peak RSS and traffic per site."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mapping = {**run.to_mapping(), "out-dir": tmp, "num-server-rounds": rounds,
+                   "fraction-train": selected / sites, "min-sites": min(selected, 2),
+                   "local-steps": 2, "samples-per-class": 1, "sample-steps": 5,
+                   "transfer-dtype": transfer}
+        code = _CHILD.format(root=str(ROOT), threads=threads, mapping=mapping, sites=sites)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = RunConfig()
+    q = args.quick
+    t0 = time.perf_counter()
+    train = bench_training(run, steps=3 if q else 10, batch=64)
+    sampling = bench_sampling(run, train_steps=100 if q else 1500, n=20 if q else 200,
+                              ddim_steps=run.sample_steps)
+    small = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads)
+    big = bench_scale(run, sites=100, selected=10, rounds=2 if q else 3, threads=args.threads)
+    half = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads,
+                       transfer="float16")
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"torch {torch.__version__}, {args.threads} thread(s)",
+        **train,
+        **sampling,
+        "sites-10-peak-rss-mb": small["peak-rss-mb"],
+        "sites-100-peak-rss-mb": big["peak-rss-mb"],
+        "sites-100-wall-s": big["wall-s"],
+        "sites-100-aggregated-per-round": big["aggregated"],
+        "bytes-per-site-round": big["bytes-up"] + big["bytes-down"],
+        "bytes-per-site-round-float16": half["bytes-up"] + half["bytes-down"],
+        "wall-s": time.perf_counter() - t0,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [
+        ("DP-SGD step", f"{train['dp-examples-per-s']:.1f} ex/s",
+         f"non-DP {train['nondp-examples-per-s']:.1f} ex/s", f"{train['dp-over-nondp']:.2f}x slower"),
+        (f"DDIM {sampling['ddim-steps']} steps", f"{sampling['ddim-samples-per-s']:.1f} samples/s",
+         f"DDPM 1000: {sampling['ddpm-samples-per-s']:.2f}/s",
+         f"{sampling['sampler-speedup']:.1f}x faster, FD ratio {sampling['frechet-ratio']:.2f}"),
+        ("100 sites, 10 per round", f"peak RSS {big['peak-rss-mb']:.0f} MB",
+         f"10 sites: {small['peak-rss-mb']:.0f} MB", f"{big['wall-s']:.0f} s"),
+        ("traffic per site-round", f"{result['bytes-per-site-round'] / 1e3:.0f} kB",
+         f"float16: {result['bytes-per-site-round-float16'] / 1e3:.0f} kB",
+         f"{result['bytes-per-site-round-float16'] / result['bytes-per-site-round']:.2f}x"),
+    ]
+    print(result["machine"])
+    for r in rows:
+        print(f"{r[0]:<26} {r[1]:<24} {r[2]:<28} {r[3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
