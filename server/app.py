@@ -20,6 +20,7 @@ from shared.config import RunConfig
 from shared.data import load_image_source
 from shared.errors import ConfigError
 from shared.generator import GeneratorConfig, build_unet, write_sample_grid
+from shared.privacy import PrivacyLedger
 
 __all__ = ["app", "main", "run_server", "generator_config_for", "load_policy"]
 
@@ -99,6 +100,14 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
             "sites": strategy.site_cards(),
             "ended-early": strategy.ended,
             "train-settings": settings.to_mapping(),
+            "institution-level-dp": (None if strategy.central_ledger is None else {
+                "noise-multiplier": run.central_noise_multiplier,
+                "clip-norm": run.central_clip_norm,
+                "epsilon": strategy.central_ledger.epsilon(),
+                "delta": run.delta,
+                "guarantee": "central DP w.r.t. adding or removing one site's whole update, "
+                             "given a trusted server",
+            }),
         }
 
     def on_round(summary: RoundSummary, arrays: ArrayRecord, strategy: FedAugStrategy) -> None:
@@ -121,6 +130,11 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         seed=run.seed,
         wait_for_sites_s=wait_for_sites_s,
         transfer_dtype=run.transfer_dtype,
+        central_noise_multiplier=run.central_noise_multiplier,
+        central_clip_norm=run.central_clip_norm,
+        central_ledger=(PrivacyLedger(out / "server", site="server", delta=run.delta)
+                        if run.central_noise_multiplier > 0 else None),
+        run_id=run_id,
     )
     train_config = ConfigRecord({
         **settings.to_mapping(),

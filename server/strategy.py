@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -86,6 +87,16 @@ class FedAugStrategy(FedAvg):
         Seeds site selection.
     wait_for_sites_s : float (default: 0.0)
         How long to wait for enough sites to connect before ending the run.
+    central_noise_multiplier : float (default: 0.0)
+        Institution-level (central) DP at the server: each site's update is clipped to
+        ``central_clip_norm`` and Gaussian noise with this multiplier is added to the
+        equal-weight mean; each round is recorded in ``central_ledger`` (0 = off).
+    central_clip_norm : float (default: 1.0)
+        L2 bound of one site's update under central DP.
+    central_ledger : PrivacyLedger, optional
+        The server's own ledger for central DP releases.
+    run_id : str
+        Recorded in the central ledger.
     transfer_dtype : str (default: "float32")
         Parameters travel in this dtype both ways ("float16" halves the traffic); the
         server aggregates in float64 and keeps float32 weights.
@@ -96,7 +107,9 @@ class FedAugStrategy(FedAvg):
                  ema_decay: float = 0.0,
                  on_round: Callable[[RoundSummary, ArrayRecord, FedAugStrategy], None] | None = None,
                  seed: int = 0, wait_for_sites_s: float = 0.0,
-                 transfer_dtype: str = "float32") -> None:
+                 transfer_dtype: str = "float32", central_noise_multiplier: float = 0.0,
+                 central_clip_norm: float = 1.0, central_ledger: Any = None,
+                 run_id: str = "") -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0,
                          min_train_nodes=min_sites, min_evaluate_nodes=0,
                          min_available_nodes=min_sites, weighted_by_key=keys.NUM_EXAMPLES,
@@ -111,6 +124,10 @@ class FedAugStrategy(FedAvg):
         self.on_round = on_round
         self.wait_for_sites_s = wait_for_sites_s
         self.transfer_dtype = transfer_dtype
+        self.central_noise_multiplier = central_noise_multiplier
+        self.central_clip_norm = central_clip_norm
+        self.central_ledger = central_ledger
+        self.run_id = run_id
         self._bytes_down = 0
         self.sites: dict[int, SiteRecord] = {}
         self.exhausted: set[int] = set()
@@ -213,7 +230,10 @@ class FedAugStrategy(FedAvg):
             return None, None
         contents = [c for c, _, _ in good]
         weights = [float(r.num_examples) for _, _, r in good]
-        arrays = self._aggregate_arrays(contents, weights)
+        if self.central_noise_multiplier > 0:
+            arrays = self._central_dp_aggregate(contents, server_round)
+        else:
+            arrays = self._aggregate_arrays(contents, weights)
         metrics = self.train_metrics_aggr_fn(contents, keys.NUM_EXAMPLES)
         self.policy = merge_policies([p for _, p, _ in good], weights)
         summary.loss = float(metrics.get(keys.LOSS, float("nan")))
@@ -285,6 +305,38 @@ class FedAugStrategy(FedAvg):
                 agg = srt[k:len(stack) - k].mean(axis=0)
             out[name] = Array(np.asarray(agg, dtype=np.float32 if np.issubdtype(
                 stack.dtype, np.floating) else stack.dtype))
+        return ArrayRecord(out)
+
+    def _central_dp_aggregate(self, contents: list[RecordDict], server_round: int
+                              ) -> ArrayRecord:
+        """Institution-level DP: clip each site's update to ``central_clip_norm`` (L2 over all
+        parameters), average with equal weights, add N(0, (sigma * C / m)^2) to the mean.
+
+        Adding or removing one whole site changes the mean by at most C / m, so each round is
+        a Gaussian mechanism with noise multiplier sigma, recorded in the server's ledger.
+        """
+        ref = {k: v.numpy().astype(np.float64) for k, v in self._current.items()}
+        m = len(contents)
+        total = {k: np.zeros_like(v) for k, v in ref.items()}
+        for c in contents:
+            delta = {k: c[keys.ARRAYS][k].numpy().astype(np.float64) - ref[k] for k in ref}
+            norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta.values())))
+            scale = min(1.0, self.central_clip_norm / max(norm, 1e-12))
+            for k in ref:
+                total[k] += delta[k] * scale
+        std = self.central_noise_multiplier * self.central_clip_norm / m
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        out = {}
+        for k, v in ref.items():
+            mean = total[k] / m
+            if np.issubdtype(self._current[k].numpy().dtype, np.floating):
+                mean = mean + rng.normal(0.0, std, size=mean.shape)
+            out[k] = Array((v + mean).astype(self._current[k].numpy().dtype))
+        if self.central_ledger is not None:
+            self.central_ledger.append(mechanism="gaussian",
+                                       noise_multiplier=self.central_noise_multiplier,
+                                       sample_rate=1.0, steps=1, run=self.run_id,
+                                       round=server_round)
         return ArrayRecord(out)
 
     def _update_ema(self, arrays: ArrayRecord) -> ArrayRecord:

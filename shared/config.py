@@ -184,6 +184,11 @@ class RunConfig(_Settings):
     max_update_norm: float = _opt(1000.0, "a reply whose parameters are farther than this (L2) "
                                   "from the global model is excluded as malformed", lo=0.0,
                                   lo_open=True)
+    central_noise_multiplier: float = _opt(0.0, "institution-level DP at the server: noise "
+                                           "multiplier on the clipped, equal-weight mean of site "
+                                           "updates (0 = off)", lo=0.0)
+    central_clip_norm: float = _opt(1.0, "L2 bound of one site's update under central DP",
+                                    lo=0.0, lo_open=True)
     transfer_dtype: str = _opt("float32", "dtype of parameters on the wire; float16 halves the "
                                "traffic", choices=("float32", "float16"))
     round_timeout_s: float = _opt(600.0, "seconds the server waits for replies in a round; "

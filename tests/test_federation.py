@@ -174,3 +174,14 @@ def test_float16_transfer_halves_bytes_and_keeps_a_float32_global(tmp_path):
     assert 0.45 < r16.bytes_down_per_site / r32.bytes_down_per_site < 0.6
     unet = UNet2DModel.from_pretrained(tmp_path / "b" / "out" / "global", subfolder="unet")
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in unet.parameters())
+
+
+def test_institution_level_dp_clips_noises_and_accounts_at_the_server(tmp_path):
+    run = _run(tmp_path, **{"central-noise-multiplier": 1.0, "central-clip-norm": 0.5,
+                            "num-server-rounds": 2})
+    simulate(run, num_sites=2, progress=False, audit=False)
+    card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
+    inst = card["institution-level-dp"]
+    server_ledger = PrivacyLedger(tmp_path / "out" / "server", site="server", delta=run.delta)
+    assert len(server_ledger.entries) == 2
+    assert inst["epsilon"] == pytest.approx(compose_epsilon([(1.0, 1.0, 2)], delta=run.delta))
