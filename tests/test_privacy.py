@@ -142,3 +142,18 @@ def test_ledger_summary_json_shape(tmp_path):
     assert [e["round"] for e in s["entries"]] == [1, 2]
     assert s["entries"][-1]["epsilon"] == pytest.approx(s["epsilon"])
     assert {"run", "round", "noise-multiplier", "sample-rate", "steps"} <= set(s["entries"][0])
+
+
+def test_pure_dp_releases_compose_with_dp_sgd(tmp_path):
+    # Prepare: one DP-SGD round and one exponential-mechanism policy choice at eps 0.5
+    ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
+    ledger.append(mechanism="dp-sgd", noise_multiplier=1.5, sample_rate=0.04, steps=750,
+                  run="r", round=1)
+    only_sgd = ledger.epsilon()
+    ledger.append(mechanism="exponential", epsilon=0.5, run="r", round=1)
+    # Execute: a restart reads both kinds back
+    again = PrivacyLedger(tmp_path, site="s", delta=1e-5)
+    # Assert: the choice costs something, never more than its own epsilon
+    assert only_sgd < again.epsilon() <= only_sgd + 0.5 + 1e-9
+    assert again.pure_epsilons() == [0.5]
+    assert compose_epsilon([], delta=1e-5, pure=[0.5]) <= 0.5

@@ -6,6 +6,7 @@ from shared.privacy.accounting import (
     compose_epsilon,
     max_steps_within_budget,
     plan_noise_multiplier,
+    pure_dp_rdp,
 )
 from shared.privacy.ledger import LedgerEntry, PrivacyLedger, open_ledger_readonly
 
@@ -15,6 +16,7 @@ __all__ = [
     "compose_epsilon",
     "max_steps_within_budget",
     "plan_noise_multiplier",
+    "pure_dp_rdp",
     "LedgerEntry",
     "PrivacyLedger",
     "open_ledger_readonly",

@@ -15,6 +15,7 @@ __all__ = [
     "Spend",
     "MAX_NOISE_MULTIPLIER",
     "compose_epsilon",
+    "pure_dp_rdp",
     "plan_noise_multiplier",
     "max_steps_within_budget",
 ]
@@ -26,28 +27,52 @@ Spend = tuple[float, float, int]
 MAX_NOISE_MULTIPLIER = 200.0
 
 
-def compose_epsilon(history: Sequence[Spend], *, delta: float) -> float:
+def compose_epsilon(history: Sequence[Spend], *, delta: float,
+                    pure: Sequence[float] = ()) -> float:
     """Epsilon of the whole history at ``delta`` (RDP accountant, as Opacus computes it).
 
     Parameters
     ----------
     history : sequence of (noise_multiplier, sample_rate, steps)
-        Every spending of the site, in order; heterogeneous entries compose.
+        Every Gaussian spending of the site, in order; heterogeneous entries compose.
     delta : float
         The site's delta.
+    pure : sequence of float
+        Epsilons of pure-DP releases (e.g. an exponential-mechanism policy choice), added
+        to the RDP curve as ``min(eps, alpha * eps**2 / 2)`` at each order alpha (pure
+        eps-DP implies eps^2/2-zCDP, Bun & Steinke 2016).
     """
     steps = [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0]
-    if not steps:
+    pure = [float(e) for e in pure if e > 0]
+    if not steps and not pure:
         return 0.0
-    total = sum(n * _unit_rdp(s, q) for s, q, n in steps)
+    total = sum((n * _unit_rdp(s, q) for s, q, n in steps), np.zeros(len(_ORDERS)))
+    if pure:
+        total = total + sum(pure_dp_rdp(e) for e in pure)
+    eps = _rdp_to_dp(total, delta)
+    if pure:
+        # Basic composition is also valid; report the tighter of the two bounds.
+        gaussian = sum((n * _unit_rdp(s, q) for s, q, n in steps), np.zeros(len(_ORDERS)))
+        basic = (_rdp_to_dp(gaussian, delta) if steps else 0.0) + sum(pure)
+        eps = min(eps, basic)
+    return float(eps)
+
+
+def _rdp_to_dp(rdp: np.ndarray, delta: float) -> float:
     with warnings.catch_warnings():
         # "Optimal order is the largest alpha": the bound stays valid, only less tight.
         warnings.simplefilter("ignore", UserWarning)
-        eps, _ = _rdp.get_privacy_spent(orders=_ORDERS, rdp=total, delta=delta)
+        eps, _ = _rdp.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
     return float(eps)
 
 
 _ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def pure_dp_rdp(epsilon: float) -> np.ndarray:
+    """RDP of a pure epsilon-DP mechanism at each order: min(eps, alpha * eps**2 / 2)."""
+    orders = np.asarray(_ORDERS)
+    return np.minimum(epsilon, orders * epsilon**2 / 2)
 
 
 @lru_cache(maxsize=4096)

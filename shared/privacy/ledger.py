@@ -20,7 +20,7 @@ HEAD_FILE = "privacy-ledger.head.json"
 _FORMAT = "fedaug-privacy-ledger"
 _VERSION = 1
 _GENESIS = "0" * 64
-MECHANISMS = ("dp-sgd", "gaussian")
+MECHANISMS = ("dp-sgd", "gaussian", "exponential")
 _FIX = (
     "Restore the ledger from a backup of the site's state folder. Never delete or edit it: "
     "fedaug refuses to start a site from zero spending once it has a history."
@@ -39,9 +39,11 @@ class LedgerEntry:
     run: str
     round: int
     time: float
+    epsilon: float = 0.0  # pure-DP releases (mechanism "exponential") only
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {"epsilon": self.epsilon} if self.mechanism == "exponential" else {}
+        return {**extra,
             "mechanism": self.mechanism,
             "noise-multiplier": self.noise_multiplier,
             "sample-rate": self.sample_rate,
@@ -63,6 +65,7 @@ class LedgerEntry:
             run=str(d["run"]),
             round=int(d["round"]),
             time=float(d["time"]),
+            epsilon=float(d.get("epsilon", 0.0)),
         )
 
     @property
@@ -111,12 +114,16 @@ class PrivacyLedger:
         return tuple(self._entries)
 
     def history(self) -> list[Spend]:
-        """The spending history in Opacus's accountant layout."""
-        return [e.spend for e in self._entries]
+        """The Gaussian spendings in Opacus's accountant layout."""
+        return [e.spend for e in self._entries if e.mechanism != "exponential"]
+
+    def pure_epsilons(self) -> list[float]:
+        """Epsilons of the pure-DP releases (private policy choices)."""
+        return [e.epsilon for e in self._entries if e.mechanism == "exponential"]
 
     def epsilon(self) -> float:
         """Epsilon composed over every entry, at the ledger's delta."""
-        return compose_epsilon(self.history(), delta=self.delta)
+        return compose_epsilon(self.history(), delta=self.delta, pure=self.pure_epsilons())
 
     def _load(self) -> None:
         head_path = self.state_dir / HEAD_FILE
@@ -161,7 +168,10 @@ class PrivacyLedger:
                     "its hash chain does not match.",
                     fix=_FIX,
                 )
-            if entry.mechanism not in MECHANISMS or entry.steps < 0 or entry.noise_multiplier <= 0:
+            bad = (entry.mechanism not in MECHANISMS or entry.steps < 0
+                   or (entry.mechanism == "exponential" and not entry.epsilon > 0)
+                   or (entry.mechanism != "exponential" and entry.noise_multiplier <= 0))
+            if bad:
                 raise LedgerError(f"Privacy ledger {self.path} entry {i} is invalid.",
                                   value=raw, fix=_FIX)
             self._entries.append(entry)
@@ -179,8 +189,8 @@ class PrivacyLedger:
                 )
 
     # -- writing ------------------------------------------------------------------
-    def append(self, *, mechanism: str, noise_multiplier: float, sample_rate: float,
-               steps: int, run: str, round: int) -> LedgerEntry:
+    def append(self, *, mechanism: str, noise_multiplier: float = 0.0, sample_rate: float = 0.0,
+               steps: int = 0, run: str, round: int, epsilon: float = 0.0) -> LedgerEntry:
         """Record a spending atomically and return it. Call before the update is sent."""
         if mechanism not in MECHANISMS:
             raise LedgerError(f"Unknown privacy mechanism {mechanism!r}.",
@@ -194,6 +204,7 @@ class PrivacyLedger:
             run=str(run),
             round=int(round),
             time=time.time(),
+            epsilon=float(epsilon),
         )
         prev = self._hashes[-1] if self._hashes else _GENESIS
         digest = _digest(prev, entry.to_dict())
@@ -234,11 +245,17 @@ class PrivacyLedger:
                     "noise-multiplier": e.noise_multiplier,
                     "sample-rate": e.sample_rate,
                     "steps": e.steps,
-                    "epsilon": compose_epsilon(self.history()[: i + 1], delta=self.delta),
+                    "epsilon": _prefix_epsilon(self._entries[: i + 1], self.delta),
                 }
                 for i, e in enumerate(self._entries)
             ],
         }
+
+
+def _prefix_epsilon(entries: list[LedgerEntry], delta: float) -> float:
+    return compose_epsilon([e.spend for e in entries if e.mechanism != "exponential"],
+                           delta=delta,
+                           pure=[e.epsilon for e in entries if e.mechanism == "exponential"])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
