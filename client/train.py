@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from client.site import SiteContext, load_site_data
-from shared.atomic import atomic_write_json
+from shared.atomic import atomic_write_bytes, atomic_write_json
 from shared.augment import BatchAugmenter, Policy
 from shared.config import RunConfig, TrainSettings
 from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
@@ -22,6 +22,7 @@ __all__ = ["RoundPlan", "RoundResult", "plan_round", "run_round", "images_to_ten
 
 log = logging.getLogger("fedaug.client")
 PLAN_FILE = "privacy-plan.json"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
     images = images_to_tensor(data.images).to(device)
     labels = torch.from_numpy(data.labels).long().to(device)
     seed = _round_seed(settings.seed, site.name, server_round)
+    opt_path = site.state_dir / OPTIMIZER_FILE
     outcome = train_dp(
         unet,
         build_train_scheduler(gen_config),
@@ -140,15 +142,36 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
         noise_multiplicity=settings.noise_multiplicity,
         augment=augment,
         seed=seed,
+        optimizer_state=_load_optimizer(opt_path, run_id),
     )
     # The spending is on disk before anything leaves the site.
     ledger.append(mechanism="dp-sgd", noise_multiplier=plan.noise_multiplier,
                   sample_rate=plan.sample_rate, steps=outcome.steps, run=run_id,
                   round=server_round)
+    _save_optimizer(opt_path, run_id, outcome.optimizer_state)
     metrics = {**metrics_base, "loss": outcome.loss, "steps": outcome.steps,
                "epsilon": ledger.epsilon(), "train-seconds": outcome.seconds}
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     return RoundResult(state, policy.to_json(), metrics, "trained")
+
+
+def _load_optimizer(path: Any, run_id: str) -> dict | None:
+    """The site's Adam state from its previous round of the same run (stays at the site)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+    return saved.get("state") if saved.get("run") == run_id else None
+
+
+def _save_optimizer(path: Any, run_id: str, state: dict | None) -> None:
+    if state is None:
+        return
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"run": run_id, "state": state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _round_seed(seed: int, site: str, server_round: int) -> int:

@@ -39,6 +39,7 @@ class TrainOutcome:
     loss: float
     seconds: float
     examples_seen: int
+    optimizer_state: dict | None = None
 
 
 def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
@@ -142,6 +143,7 @@ def train_dp(
     noise_multiplicity: int = 1,
     augment: Augment | None = None,
     seed: int = 0,
+    optimizer_state: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> TrainOutcome:
     """Train ``unet`` in place with DP-SGD under Opacus for exactly ``steps`` steps.
@@ -159,6 +161,9 @@ def train_dp(
         K draws averaged inside each example's loss before clipping.
     augment : callable, optional
         Draws augmented views (see :data:`Augment`).
+    optimizer_state : dict, optional
+        Adam state from the site's previous round (a function of already-noised gradients
+        only, so keeping it costs no privacy); the new state is returned in the outcome.
     """
     device = next(unet.parameters()).device
     n = images.shape[0]
@@ -171,6 +176,14 @@ def train_dp(
     dataset = TensorDataset(images, labels)
     loader = DataLoader(dataset, batch_size=batch_size, generator=gen)
     optimizer = torch.optim.Adam(unet.parameters(), lr=learning_rate)
+    if optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+        except (ValueError, KeyError, RuntimeError):
+            optimizer = torch.optim.Adam(unet.parameters(), lr=learning_rate)
+    plain_optimizer = optimizer
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure_mode warning: documented in the README
@@ -228,7 +241,8 @@ def train_dp(
         p.grad_sample = None
         p.grad = None
     return TrainOutcome(steps=done, loss=loss_sum / max(done, 1),
-                        seconds=time.perf_counter() - t0, examples_seen=seen)
+                        seconds=time.perf_counter() - t0, examples_seen=seen,
+                        optimizer_state=plain_optimizer.state_dict())
 
 
 def train_nondp(
