@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from shared.config import RunConfig, load_scenario
 from shared.errors import ConfigError
@@ -38,4 +38,4 @@ def test_bad_settings_are_all_listed():
 
 def test_bad_model_channels_names_the_fix():
     with pytest.raises(ConfigError, match="model-channels must be comma-separated multiples of 4"):
-        RunConfig(model_channels="8,x").channels_tuple
+        _ = RunConfig(model_channels="8,x").channels_tuple

@@ -250,8 +250,8 @@ def test_partition_covers_every_index_once_and_is_seeded(scheme):
     assert len(parts) == 7 and all(len(p) >= 2 for p in parts)
     assert all(p.dtype == np.int64 for p in parts)
     assert np.array_equal(np.sort(merged), np.arange(len(LABELS)))
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=False))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=False))
 
 
 def test_dirichlet_small_alpha_is_more_skewed_than_iid():

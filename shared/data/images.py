@@ -390,7 +390,7 @@ def _load_split_folder(root: Path, split: str, size) -> ImageDataset:
         load_image_folder(root / s, size=parts[0].image_shape[:2], mode=mode)
         for s in available[1:]
     ]
-    for s, ds in zip(available, parts):
+    for s, ds in zip(available, parts, strict=False):
         if ds.class_names != parts[0].class_names:
             raise DataError(
                 f"Split {s!r} of {root} has other class folders than {available[0]!r}.",
