@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from shared.errors import ConfigError
 
