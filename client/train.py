@@ -16,13 +16,19 @@ from shared.augment import BatchAugmenter, Policy
 from shared.config import RunConfig, TrainSettings
 from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
 from shared.generator.train import poisson_sample_rate
-from shared.privacy import PrivacyLedger, max_steps_within_budget, plan_noise_multiplier
+from shared.privacy import (
+    PrivacyLedger,
+    compose_epsilon,
+    max_steps_within_budget,
+    plan_noise_multiplier,
+)
 
 __all__ = ["RoundPlan", "RoundResult", "plan_round", "run_round", "images_to_tensor"]
 
 log = logging.getLogger("fedaug.client")
 PLAN_FILE = "privacy-plan.json"
 OPTIMIZER_FILE = "optimizer.pt"
+CHOICE_FILE = "policy-choice.json"
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
     """
     q = poisson_sample_rate(num_examples, settings.batch_size)
     history = ledger.history()
+    pure = ledger.pure_epsilons()
     plan_path = site.state_dir / PLAN_FILE
     sigma: float | None = settings.noise_multiplier or None
     if sigma is None:
@@ -65,7 +72,7 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
         else:
             remaining = max(1, num_rounds - server_round + 1) * settings.local_steps
             sigma = plan_noise_multiplier(history, delta=site.delta, budget=site.epsilon_budget,
-                                          sample_rate=q, steps=remaining)
+                                          sample_rate=q, steps=remaining, pure=pure)
             if sigma is None:
                 return RoundPlan(0.0, q, 0, reason="budget exhausted")
             atomic_write_json(plan_path, {"run": run_id, "noise-multiplier": sigma,
@@ -76,7 +83,7 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
                      ledger.epsilon())
     steps = max_steps_within_budget(history, delta=site.delta, budget=site.epsilon_budget,
                                     noise_multiplier=sigma, sample_rate=q,
-                                    max_steps=settings.local_steps)
+                                    max_steps=settings.local_steps, pure=pure)
     if steps == 0:
         return RoundPlan(sigma, q, 0, reason="budget exhausted")
     reason = "" if steps == settings.local_steps else "steps cut to stay within budget"
@@ -103,6 +110,10 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
     """Train the global generator on this site's data for one round, within budget."""
     ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
     data = load_site_data(site, run)
+    reply_policy = policy
+    if settings.policy_search_epsilon > 0:
+        reply_policy = _searched_policy(site, ledger, data, policy, settings, run_id=run_id,
+                                        server_round=server_round)
     plan = plan_round(site, ledger, settings, num_examples=len(data), run_id=run_id,
                       server_round=server_round, num_rounds=num_rounds)
     unet = build_unet(gen_config).to(device)
@@ -119,7 +130,8 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
                     server_round, plan.reason, ledger.epsilon(), site.epsilon_budget)
         metrics = {**metrics_base, "num-examples": 0, "loss": 0.0, "steps": 0,
                    "epsilon": ledger.epsilon(), "train-seconds": 0.0}
-        return RoundResult(unet.state_dict(), policy.to_json(), metrics, "budget-exhausted")
+        return RoundResult(unet.state_dict(), reply_policy.to_json(), metrics,
+                           "budget-exhausted")
     if plan.reason:
         log.warning("%s: round %d: %s (%d of %d).", site.name, server_round, plan.reason,
                     plan.steps, settings.local_steps)
@@ -152,7 +164,33 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
     metrics = {**metrics_base, "loss": outcome.loss, "steps": outcome.steps,
                "epsilon": ledger.epsilon(), "train-seconds": outcome.seconds}
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
-    return RoundResult(state, policy.to_json(), metrics, "trained")
+    return RoundResult(state, reply_policy.to_json(), metrics, "trained")
+
+
+def _searched_policy(site: SiteContext, ledger: PrivacyLedger, data: Any, policy: Policy,
+                     settings: TrainSettings, *, run_id: str, server_round: int) -> Policy:
+    """The site's private policy choice for this run: made once (exponential mechanism,
+    charged to the ledger before it leaves), then returned in every reply of the run."""
+    from shared.augment.search import search_site_policy
+
+    path = site.state_dir / CHOICE_FILE
+    stored = _read_plan(path)
+    if stored and stored.get("run") == run_id:
+        return Policy.from_json(stored["policy"])
+    eps = settings.policy_search_epsilon
+    if compose_epsilon(ledger.history(), delta=site.delta,
+                       pure=[*ledger.pure_epsilons(), eps]) > site.epsilon_budget:
+        log.warning("%s: skips policy search: epsilon %.2f would pass the budget.", site.name, eps)
+        return policy
+    index, candidates = search_site_policy(data.images, data.labels, policy,
+                                           num_classes=data.num_classes, epsilon=eps,
+                                           seed=settings.seed)
+    ledger.append(mechanism="exponential", epsilon=eps, run=run_id, round=server_round)
+    atomic_write_json(path, {"run": run_id, "index": index,
+                             "policy": candidates[index].to_json()})
+    log.info("%s: private policy choice %d of %d (epsilon %.2f charged)", site.name, index,
+             len(candidates), eps)
+    return candidates[index]
 
 
 def _load_optimizer(path: Any, run_id: str) -> dict | None:

@@ -138,6 +138,11 @@ class TrainSettings(_Settings):
     noise_multiplier: float = _opt(0.0, "DP noise multiplier sigma; 0 = plan it from the site's "
                                    "budget over the remaining rounds", lo=0.0, hi=1000.0)
     augment: bool = _opt(True, "apply the global augmentation policy to each view")
+    policy_search_epsilon: float = _opt(0.0, "DP policy search: each site picks one of 6 "
+                                        "candidate policies from its data with the exponential "
+                                        "mechanism at this epsilon, once per run, charged to its "
+                                        "ledger (0 = off: policies stay data-independent)",
+                                        lo=0.0, hi=100.0)
     seed: int = _opt(0, "run seed; every random draw comes from (seed, site, round)", lo=0)
 
 
@@ -173,6 +178,7 @@ class RunConfig(_Settings):
     noise_multiplicity: int = _same("noise_multiplicity")
     noise_multiplier: float = _same("noise_multiplier")
     augment: bool = _same("augment")
+    policy_search_epsilon: float = _same("policy_search_epsilon")
     image_size: int = _opt(0, "image size the generator works at (0 = the data's own size)",
                            lo=0, hi=512)
     channels: int = _opt(0, "image channels, 1 or 3 (0 = from the data)", lo=0, hi=3)

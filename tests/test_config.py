@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from shared.config import RunConfig, load_scenario
 from shared.errors import ConfigError

@@ -185,3 +185,15 @@ def test_institution_level_dp_clips_noises_and_accounts_at_the_server(tmp_path):
     server_ledger = PrivacyLedger(tmp_path / "out" / "server", site="server", delta=run.delta)
     assert len(server_ledger.entries) == 2
     assert inst["epsilon"] == pytest.approx(compose_epsilon([(1.0, 1.0, 2)], delta=run.delta))
+
+
+def test_private_policy_search_is_charged_before_it_leaves(tmp_path):
+    run = _run(tmp_path, **{"policy-search-epsilon": 1.0, "num-server-rounds": 2})
+    captured: list[Message] = []
+    simulate(run, num_sites=2, capture=captured, progress=False, audit=False)
+    ledger = PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0", delta=run.delta)
+    assert [e.mechanism for e in ledger.entries].count("exponential") == 1  # once per run
+    assert ledger.pure_epsilons() == [1.0]
+    assert ledger.epsilon() <= run.epsilon
+    first, second = (m.content["config"]["policy"] for m in captured[0::2])
+    assert first == second  # the same release in every reply of the run

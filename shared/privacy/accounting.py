@@ -91,6 +91,7 @@ def plan_noise_multiplier(
     budget: float,
     sample_rate: float,
     steps: int,
+    pure: Sequence[float] = (),
     tolerance: float = 0.005,
 ) -> float | None:
     """Smallest sigma such that ``history`` plus ``steps`` more steps stays within ``budget``.
@@ -103,7 +104,7 @@ def plan_noise_multiplier(
         return None
 
     def eps(sigma: float) -> float:
-        return compose_epsilon([*history, (sigma, sample_rate, steps)], delta=delta)
+        return compose_epsilon([*history, (sigma, sample_rate, steps)], delta=delta, pure=pure)
 
     if eps(MAX_NOISE_MULTIPLIER) > budget:
         return None
@@ -127,6 +128,7 @@ def max_steps_within_budget(
     noise_multiplier: float,
     sample_rate: float,
     max_steps: int,
+    pure: Sequence[float] = (),
 ) -> int:
     """Largest number of steps (<= ``max_steps``) at a fixed sigma that stays within budget."""
     if max_steps <= 0 or not math.isfinite(noise_multiplier) or noise_multiplier <= 0:
@@ -134,7 +136,7 @@ def max_steps_within_budget(
 
     def fits(n: int) -> bool:
         return compose_epsilon(
-            [*history, (noise_multiplier, sample_rate, n)], delta=delta
+            [*history, (noise_multiplier, sample_rate, n)], delta=delta, pure=pure
         ) <= budget
 
     if fits(max_steps):
