@@ -108,6 +108,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
               policy: Policy, run_id: str, server_round: int, num_rounds: int,
               device: str | torch.device = "cpu") -> RoundResult:
     """Train the global generator on this site's data for one round, within budget."""
+    _warn_insecure_noise(site)
     ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
     data = load_site_data(site, run)
     reply_policy = policy
@@ -165,6 +166,20 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
                "epsilon": ledger.epsilon(), "train-seconds": outcome.seconds}
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     return RoundResult(state, reply_policy.to_json(), metrics, "trained")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_insecure_noise(site: SiteContext) -> None:
+    """Opacus's secure_mode needs torchcsprng, which has no release for this torch; say so
+    once per deployed site (simulations are not production)."""
+    if site.partition_id is not None or site.name in _WARNED:
+        return
+    _WARNED.add(site.name)
+    log.warning("%s: DP noise comes from torch's generator seeded from os.urandom; Opacus "
+                "secure_mode (a cryptographically secure generator, torchcsprng) is not "
+                "available for this torch. See README, Privacy.", site.name)
 
 
 def _searched_policy(site: SiteContext, ledger: PrivacyLedger, data: Any, policy: Policy,

@@ -157,3 +157,25 @@ def test_pure_dp_releases_compose_with_dp_sgd(tmp_path):
     assert only_sgd < again.epsilon() <= only_sgd + 0.5 + 1e-9
     assert again.pure_epsilons() == [0.5]
     assert compose_epsilon([], delta=1e-5, pure=[0.5]) <= 0.5
+
+
+def test_privacy_show_cli_json_and_table(tmp_path, capsys):
+    from shared.cli import main
+
+    _ledger_with_two_entries(tmp_path)
+    assert main(["privacy", "show", "--state-dir", str(tmp_path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["site"] == "site-a" and shown["delta"] == 1e-5
+    assert [e["steps"] for e in shown["entries"]] == [750, 750]
+    assert shown["epsilon"] == pytest.approx(compose_epsilon([(1.5, 0.04, 1500)], delta=1e-5))
+    assert main(["privacy", "show", "--state-dir", str(tmp_path)]) == 0
+    assert "cum. eps" in capsys.readouterr().out
+
+
+def test_privacy_show_cli_refuses_a_corrupted_ledger(tmp_path, capsys):
+    from shared.cli import main
+
+    _ledger_with_two_entries(tmp_path)
+    (tmp_path / LEDGER_FILE).write_text("{not json")
+    assert main(["privacy", "show", "--state-dir", str(tmp_path)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
