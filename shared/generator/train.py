@@ -184,9 +184,9 @@ def train_dp(
         except (ValueError, KeyError, RuntimeError):
             optimizer = torch.optim.Adam(unet.parameters(), lr=learning_rate)
     plain_optimizer = optimizer
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure_mode warning: documented in the README
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         model, optimizer, loader = engine.make_private(
             module=unet,
             optimizer=optimizer,
