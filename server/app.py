@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.checkpoint import write_global
+from server.checkpoint import STATE_FILE, load_server_state, save_server_state, write_global
 from server.strategy import FedAugStrategy, RoundSummary
 from shared import keys
 from shared.augment import Policy
@@ -113,6 +113,8 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
     def on_round(summary: RoundSummary, arrays: ArrayRecord, strategy: FedAugStrategy) -> None:
         write_global(out / "global", arrays, gen_config=gen_config,
                      card=card(strategy, summary.server_round))
+        save_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config,
+                          raw=strategy.latest_raw, strategy=strategy)
         eps = ", ".join(f"{r['site']} {r['epsilon']:.2f}" for r in strategy.site_cards())
         log.info("round %d/%d: %d/%d sites replied, %d aggregated | loss %.4f | epsilon: %s | "
                  "%.1fs | %.0f kB down, %.0f kB up per site", summary.server_round, run.num_server_rounds, summary.replied,
@@ -145,14 +147,25 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
     log.info("fedaug run %s: %s, generator %s (%d parameters), policy %d op(s)", run_id,
              run.data, gen_config.block_out_channels,
              sum(p.numel() for p in unet.parameters()), len(policy.ops))
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(unet.state_dict()),
-                            num_rounds=run.num_server_rounds, train_config=train_config,
-                            timeout=run.round_timeout_s)
-    rounds_done = sum(1 for r in strategy.rounds if r.aggregated)
+    initial = ArrayRecord(unet.state_dict())
+    resumed = load_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config)
+    if resumed is not None:
+        initial = resumed["raw"]
+        strategy.resume_from(resumed["strategy"])
+        log.info("resuming after round %d of %d from %s", strategy.round_offset,
+                 run.num_server_rounds, out / "server" / STATE_FILE)
+    remaining = run.num_server_rounds - strategy.round_offset
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=max(remaining, 0),
+                            train_config=train_config, timeout=run.round_timeout_s)
+    rounds_done = strategy.round_offset + sum(1 for r in strategy.rounds if r.aggregated)
     if rounds_done == 0:
         log.error("No round was aggregated; no global model written.")
         return strategy
-    published = write_global(out / "global", strategy.published or result.arrays,
+    if strategy.published is None and resumed is None:
+        strategy.published = result.arrays
+    if strategy.published is None:  # resumed with nothing left to do: keep what is there
+        return strategy
+    published = write_global(out / "global", strategy.published,
                              gen_config=gen_config, card=card(strategy, rounds_done))
     grid_png = out / "sample_grid.png"
     write_sample_grid(published, grid_png, per_class=run.samples_per_class,

@@ -12,9 +12,11 @@ from flwr.app import ArrayRecord
 from shared.atomic import atomic_dir
 from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 
-__all__ = ["write_global", "read_model_card", "update_model_card", "MODEL_CARD"]
+__all__ = ["write_global", "read_model_card", "update_model_card", "save_server_state",
+           "load_server_state", "MODEL_CARD", "STATE_FILE"]
 
 MODEL_CARD = "model_card.json"
+STATE_FILE = "server-state.pt"
 
 
 def write_global(folder: str | Path, arrays: ArrayRecord, *, gen_config: GeneratorConfig,
@@ -50,3 +52,45 @@ def update_model_card(folder: str | Path, extra: dict[str, Any]) -> dict[str, An
     card.update(extra)
     atomic_write_json(Path(folder) / MODEL_CARD, card)
     return card
+
+
+def save_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig,
+                      raw: ArrayRecord | None, strategy: Any) -> None:
+    """The server's resumable state after a round: raw (pre-EMA) weights, strategy state,
+    and what they belong to. Written atomically."""
+    import io
+
+    import torch
+
+    from shared.atomic import atomic_write_bytes
+
+    if raw is None:
+        return
+    buf = io.BytesIO()
+    torch.save({"planned-rounds": run.num_server_rounds, "generator": gen_config.to_dict(),
+                "data": run.data, "raw": raw.to_torch_state_dict(),
+                "strategy": strategy.checkpoint()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
+                      ) -> dict[str, Any] | None:
+    """The state to resume from, or None when there is none or it belongs to another setup."""
+    import logging
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    same = (state.get("planned-rounds") == run.num_server_rounds
+            and state.get("generator") == gen_config.to_dict() and state.get("data") == run.data)
+    if not same:
+        logging.getLogger("fedaug.server").warning(
+            "Not resuming from %s: it belongs to another run setup (rounds, generator or data "
+            "differ). Starting from round 1; delete the file to silence this.", path)
+        return None
+    if state["strategy"]["rounds-done"] >= run.num_server_rounds:
+        return None
+    return {"raw": ArrayRecord(state["raw"]), "strategy": state["strategy"]}

@@ -148,7 +148,7 @@ def make_dev_certificates(folder: str | Path, *,
                           fix="Pass days >= 1.")
     folder = Path(folder)
     hosts = list(dict.fromkeys([*hosts, "127.0.0.1"]))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())

@@ -28,7 +28,7 @@ from shared.augment import Policy, merge_policies
 from shared.errors import PolicyError
 from shared.wire import cast_record, record_nbytes
 
-__all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary"]
+__all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary", "combine_policies"]
 
 log = logging.getLogger("fedaug.server")
 _REQUIRED_METRICS = (keys.NUM_EXAMPLES, keys.LOSS, keys.EPSILON, keys.DELTA)
@@ -66,6 +66,21 @@ class RoundSummary:
     seconds: float = 0.0
     bytes_down_per_site: int = 0
     bytes_up_per_site: float = 0.0
+
+
+def combine_policies(policies: list[Policy], weights: list[float]) -> Policy:
+    """The global policy: the example-weighted merge of the sites' policies, or, where they
+    cannot be merged (e.g. different sampling kinds after a private policy search), the
+    weighted vote: the policy with the most examples behind it."""
+    try:
+        return merge_policies(policies, weights)
+    except PolicyError:
+        votes: dict[str, float] = {}
+        for p, w in zip(policies, weights, strict=True):
+            votes[p.to_json()] = votes.get(p.to_json(), 0.0) + w
+        best = max(votes.items(), key=lambda kv: kv[1])[0]
+        log.info("site policies cannot be merged; weighted vote picks %s", best)
+        return Policy.from_json(best)
 
 
 class FedAugStrategy(FedAvg):
@@ -136,6 +151,7 @@ class FedAugStrategy(FedAvg):
         self.central_clip_norm = central_clip_norm
         self.central_ledger = central_ledger
         self.run_id = run_id
+        self.round_offset = 0  # rounds completed before a restart (see resume_from)
         self._bytes_down = 0
         self.sites: dict[int, SiteRecord] = {}
         self.exhausted: set[int] = set()
@@ -145,6 +161,7 @@ class FedAugStrategy(FedAvg):
         self._current: ArrayRecord | None = None
         self._ema: dict[str, np.ndarray] | None = None
         self.published: ArrayRecord | None = None
+        self.latest_raw: ArrayRecord | None = None
         self._t0 = 0.0
         self._selected = 0
 
@@ -152,6 +169,7 @@ class FedAugStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Select eligible sites and send them the global model, policy and settings."""
+        server_round += self.round_offset
         self._t0 = time.perf_counter()
         self._current = arrays
         if self.ended:
@@ -192,6 +210,7 @@ class FedAugStrategy(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check each reply alone, exclude bad ones with a log line, aggregate the rest."""
+        server_round += self.round_offset
         replies = list(replies)
         summary = RoundSummary(server_round, self._selected, len(replies), 0,
                                bytes_down_per_site=self._bytes_down)
@@ -243,8 +262,9 @@ class FedAugStrategy(FedAvg):
         else:
             arrays = self._aggregate_arrays(contents, weights)
         metrics = self.train_metrics_aggr_fn(contents, keys.NUM_EXAMPLES)
-        self.policy = merge_policies([p for _, p, _ in good], weights)
+        self.policy = combine_policies([p for _, p, _ in good], weights)
         summary.loss = float(metrics.get(keys.LOSS, float("nan")))
+        self.latest_raw = arrays
         published = self.published = self._update_ema(arrays)
         summary.seconds = time.perf_counter() - self._t0
         self.rounds.append(summary)
@@ -357,6 +377,24 @@ class FedAugStrategy(FedAvg):
             d = self.ema_decay
             self._ema = {k: d * self._ema[k] + (1 - d) * v for k, v in current.items()}
         return ArrayRecord({k: Array(v.astype(np.float32)) for k, v in self._ema.items()})
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a restarted server needs to continue (no site data, only what sites sent)."""
+        return {
+            "rounds-done": self.round_offset + sum(1 for r in self.rounds if r.aggregated),
+            "policy": self.policy.to_json(),
+            "sites": {str(n): vars(r) for n, r in self.sites.items()},
+            "exhausted": sorted(self.exhausted),
+            "ema": self._ema,
+        }
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Continue after a restart from :meth:`checkpoint`'s output."""
+        self.round_offset = int(state["rounds-done"])
+        self.policy = Policy.from_json(state["policy"])
+        self.sites = {int(n): SiteRecord(**r) for n, r in state["sites"].items()}
+        self.exhausted = {int(n) for n in state["exhausted"]}
+        self._ema = state.get("ema")
 
     def site_cards(self) -> list[dict[str, Any]]:
         """Per-site entries of the model card, sorted by site name."""

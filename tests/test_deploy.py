@@ -440,7 +440,7 @@ def test_a_hospital_crash_mid_round_leaves_the_run_and_the_other_ledger_intact(f
         keys = make_node_keys(fed.root / "keys", name)
         res = fed.flwr("supernode", "register", str(keys.public_key), fed.connection,
                        "--format", "json")
-        ids[name] = json.loads(res.stdout)["node-id"]
+        ids[name] = str(json.loads(res.stdout)["node-id"])
         fed.start(name, _site_cmd(fed, name, keys.private_key, fed.root / f"{data}.npz", port))
     _wait_online(fed, set(ids.values()))
     # Execute: hospital-d dies (SIGKILL) as soon as its first training message arrives

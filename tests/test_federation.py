@@ -197,3 +197,36 @@ def test_private_policy_search_is_charged_before_it_leaves(tmp_path):
     assert ledger.epsilon() <= run.epsilon
     first, second = (m.content["config"]["policy"] for m in captured[0::2])
     assert first == second  # the same release in every reply of the run
+
+
+def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
+    # Prepare: the server "dies" when it tries to start round 3 of 3
+    run = _run(tmp_path, **{"num-server-rounds": 3})
+
+    def die_in_round_3(grid):
+        real = grid.send_and_receive
+        calls = {"n": 0}
+
+        def send_and_receive(messages, *, timeout=None):
+            messages = list(messages)
+            if messages:
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise RuntimeError("server killed")
+            return real(messages, timeout=timeout)
+
+        grid.send_and_receive = send_and_receive
+
+    with pytest.raises(RuntimeError, match="server killed"):
+        simulate(run, num_sites=2, progress=False, audit=False, grid_hook=die_in_round_3)
+    assert json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())["rounds"] == 2
+    # Execute: start again with the same settings and output folder
+    strategy = simulate(run, num_sites=2, progress=False, audit=False)
+    # Assert: only round 3 ran; sites' ledgers hold 3 rounds in all
+    assert strategy.round_offset == 2
+    assert [r.server_round for r in strategy.rounds] == [3]
+    card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
+    assert card["rounds"] == 3
+    ledger = PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0", delta=run.delta)
+    assert [e.round for e in ledger.entries] == [1, 2, 3]
+    assert ledger.epsilon() <= run.epsilon
