@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.site import resolve_site
 from client.train import run_round
+from client.warmup import release_class_sums
 from shared import keys
 from shared.augment import Policy
 from shared.config import RunConfig, TrainSettings
 from shared.generator import GeneratorConfig
+from shared.privacy import PrivacyLedger
 from shared.wire import to_wire
 
-__all__ = ["app", "handle_train"]
+__all__ = ["app", "handle_train", "handle_warmup"]
 
 log = logging.getLogger("fedaug.client")
 app = ClientApp()
@@ -54,3 +56,25 @@ def handle_train(msg: Message, context: Context) -> Message:
     })
     return Message(content=content, reply_to=msg)
 
+
+
+@app.query()
+def handle_warmup(msg: Message, context: Context) -> Message:
+    """Release this site's noised per-class sums for the server's warm start (once per run)."""
+    run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
+    cfg = msg.content[keys.CONFIG]
+    site = resolve_site(dict(context.node_config), run)
+    gen_config = GeneratorConfig.from_flat(cfg)
+    release = release_class_sums(site=site, run=run,
+                                 noise_multiplier=float(cfg[keys.WARMUP_NOISE_MULTIPLIER]),
+                                 num_classes=gen_config.num_classes,
+                                 image_size=gen_config.image_size, run_id=str(cfg[keys.RUN_ID]))
+    ledger_eps = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta).epsilon()
+    content = RecordDict({
+        keys.METRICS: MetricRecord({keys.EPSILON: ledger_eps, keys.DELTA: site.delta}),
+        keys.CONFIG: ConfigRecord({keys.SITE: site.name,
+                                   keys.STATUS: "released" if release else "declined"}),
+    })
+    if release is not None:
+        content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in release.items()})
+    return Message(content=content, reply_to=msg)

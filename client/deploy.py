@@ -174,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--insecure", action="store_true", help="no TLS (local test only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run_cli(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_cli(args: argparse.Namespace) -> int:
     return run_client(superlink_address=args.superlink, root_cert=args.root_cert,
                       auth_private_key=args.key, data_path=args.data_path,
                       state_dir=args.state_dir, site_name=args.site_name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -14,12 +15,21 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.checkpoint import STATE_FILE, load_server_state, save_server_state, write_global
 from server.strategy import FedAugStrategy, RoundSummary
+from server.warmup import collect_central_images, pretrain_on_central_images
 from shared import keys
+from shared.atomic import atomic_write_bytes
 from shared.augment import Policy
 from shared.config import RunConfig
 from shared.data import load_image_source
 from shared.errors import ConfigError
-from shared.generator import GeneratorConfig, build_unet, write_sample_grid
+from shared.generator import (
+    GeneratorConfig,
+    build_train_scheduler,
+    build_unet,
+    make_grid,
+    to_uint8,
+    write_sample_grid,
+)
 from shared.privacy import PrivacyLedger
 
 __all__ = ["app", "main", "run_server", "generator_config_for", "load_policy"]
@@ -74,6 +84,27 @@ def load_policy(spec: str) -> Policy:
                           fix="Pass a JSON policy file (see README, Augmentation policies) "
                           "or leave `policy` empty for the default.")
     return Policy.from_json(path.read_text(encoding="utf-8"))
+
+
+def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: Any,
+                run_id: str, out: Path) -> ArrayRecord:
+    """Round 0: DP central images from the sites, pretraining on them (see server/warmup.py)."""
+    config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
+                           keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier})
+    shape = (gen_config.channels, gen_config.image_size, gen_config.image_size)
+    means = collect_central_images(grid, config, num_classes=gen_config.num_classes,
+                                   image_shape=shape, timeout=run.round_timeout_s)
+    if means is not None:
+        loss = pretrain_on_central_images(unet, build_train_scheduler(gen_config), means,
+                                          steps=run.warmup_steps, seed=run.seed)
+        grid_img = make_grid(to_uint8(torch.from_numpy(means)), rows=1,
+                             scale=max(1, 64 // gen_config.image_size))
+        buf = io.BytesIO()
+        grid_img.save(buf, format="PNG")
+        atomic_write_bytes(out / "central_images.png", buf.getvalue())
+        log.info("warm start: pretrained %d steps on DP central images (loss %.4f), see %s",
+                 run.warmup_steps, loss, out / "central_images.png")
+    return ArrayRecord(unet.state_dict())
 
 
 def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
@@ -154,6 +185,8 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         strategy.resume_from(resumed["strategy"])
         log.info("resuming after round %d of %d from %s", strategy.round_offset,
                  run.num_server_rounds, out / "server" / STATE_FILE)
+    elif run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
+        initial = _warm_start(grid, run, gen_config, unet, run_id, out)
     remaining = run.num_server_rounds - strategy.round_offset
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=max(remaining, 0),
                             train_config=train_config, timeout=run.round_timeout_s)

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import ConfigError
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (flwr depends on tomli)
-    import tomli as tomllib
 
 __all__ = [
     "DEFAULT_PORT",
@@ -268,9 +264,9 @@ def superlink_command(*, state_dir: str | Path, certs: CertPaths | None,
         if certs is None:
             raise ConfigError(
                 "The SuperLink needs TLS certificates unless insecure mode is asked for.",
-                value=None,
-                fix="Pass certs=CertPaths(...) (make_dev_certificates() for a trial), or "
-                "insecure=True explicitly for a throw-away local test.")
+                fix="Pass certs (--certs FOLDER; `python -m server.deploy certs FOLDER` or "
+                "make_dev_certificates() make a trial set), or ask for insecure mode "
+                "explicitly (insecure=True / --insecure) for a throw-away local test.")
         certs.check()
         cmd += ["--ssl-ca-certfile", str(certs.ca_cert),
                 "--ssl-certfile", str(certs.server_cert),
@@ -367,6 +363,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="no TLS and no authentication (local test only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run_cli(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_cli(args: argparse.Namespace) -> int:
     if args.cmd == "certs":
         paths = make_dev_certificates(args.folder, hosts=args.host or ("127.0.0.1", "localhost"),
                                       days=args.days)

@@ -206,6 +206,11 @@ class RunConfig(_Settings):
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
     prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0) or epsilon",
                                 choices=("sample", "epsilon"))
+    warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
+                                          "pixel sums with this Gaussian noise multiplier once "
+                                          "per run (charged to its ledger); the server pretrains "
+                                          "on the resulting central images (0 = off)", lo=0.0)
+    warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.0, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     sample_steps: int = _opt(50, "DDIM steps when sampling", lo=1, hi=1000)

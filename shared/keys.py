@@ -13,6 +13,7 @@ RUN_ID = "run-id"
 NUM_ROUNDS = "num-server-rounds"
 POLICY = "policy"  # JSON string of the (global) augmentation policy
 TRAIN_SETTINGS = "train-settings"  # JSON string of TrainSettings
+WARMUP_NOISE_MULTIPLIER = "warmup-noise-multiplier"
 
 # --- ConfigRecord keys, site -> server ------------------------------------------
 SITE = "site"

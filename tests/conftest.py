@@ -28,4 +28,5 @@ TINY = {
     "noise-multiplicity": 2,
     "sample-steps": 2,
     "samples-per-class": 2,
+    "warmup-steps": 5,
 }

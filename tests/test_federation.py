@@ -43,6 +43,9 @@ def test_two_sites_one_round_end_to_end(tmp_path):
         assert site["delta"] == run.delta
         ledger = PrivacyLedger(out / "sites" / site["site"], site=site["site"], delta=run.delta)
         assert site["epsilon"] == pytest.approx(ledger.epsilon())
+        # the warm-up release (round 0) is recorded before the DP-SGD round
+        assert [(e.mechanism, e.round) for e in ledger.entries] == [("gaussian", 0),
+                                                                   ("dp-sgd", 1)]
     assert (out / "sample_grid.png").stat().st_size > 0
     audit = card["privacy-audit"]
     assert 0.0 <= audit["memorization-rate"] <= 1.0
@@ -59,11 +62,19 @@ def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
                    digits.images.shape[1:3][::-1]}
     # Execute
     simulate(run, num_sites=2, capture=captured, progress=False, audit=False)
-    # Assert
-    assert len(captured) == 2
+    # Assert: a warm-up release (noised class sums) and a training reply per site
+    assert len(captured) == 4
+    warmups = [m for m in captured if m.metadata.message_type == "query"]
+    assert len(warmups) == 2
+    for msg in warmups:
+        arrays = msg.content["arrays"]
+        assert set(arrays.keys()) == {"class-sums", "class-counts"}
+        assert tuple(arrays["class-sums"].shape) == (10, 64)  # one noised sum per class
+        assert tuple(arrays["class-counts"].shape) == (10,)
+        assert set(msg.content["config"].keys()) == {"site", "status"}
     unet_names = set(UNet2DModel.from_pretrained(tmp_path / "out" / "global",
                                                  subfolder="unet").state_dict())
-    for msg in captured:
+    for msg in (m for m in captured if m.metadata.message_type != "query"):
         content = msg.content
         assert set(content.array_records) == {"arrays"}
         arrays = content["arrays"]
@@ -108,7 +119,7 @@ def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
     simulate(run, num_sites=2, progress=False, audit=False)
     # Assert: the history grew and epsilon is composed over both runs, within budget
     again = PrivacyLedger(state, site="site-0", delta=run.delta)
-    assert len(again.entries) == 2
+    assert [e.mechanism for e in again.entries].count("dp-sgd") == 2
     assert len({e.run for e in again.entries}) == 2
     assert again.epsilon() > eps1
     assert again.epsilon() == pytest.approx(compose_epsilon(again.history(), delta=run.delta))
@@ -195,7 +206,8 @@ def test_private_policy_search_is_charged_before_it_leaves(tmp_path):
     assert [e.mechanism for e in ledger.entries].count("exponential") == 1  # once per run
     assert ledger.pure_epsilons() == [1.0]
     assert ledger.epsilon() <= run.epsilon
-    first, second = (m.content["config"]["policy"] for m in captured[0::2])
+    train = [m for m in captured if m.metadata.message_type != "query"]
+    first, second = (m.content["config"]["policy"] for m in train[0::2])
     assert first == second  # the same release in every reply of the run
 
 
@@ -209,7 +221,7 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
 
         def send_and_receive(messages, *, timeout=None):
             messages = list(messages)
-            if messages:
+            if messages and messages[0].metadata.message_type == "train":
                 calls["n"] += 1
                 if calls["n"] == 3:
                     raise RuntimeError("server killed")
@@ -228,5 +240,5 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
     assert card["rounds"] == 3
     ledger = PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0", delta=run.delta)
-    assert [e.round for e in ledger.entries] == [1, 2, 3]
+    assert [e.round for e in ledger.entries if e.mechanism == "dp-sgd"] == [1, 2, 3]
     assert ledger.epsilon() <= run.epsilon

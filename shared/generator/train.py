@@ -268,7 +268,7 @@ def train_nondp(
     unet.train()
     loss_sum, t0 = 0.0, time.perf_counter()
     for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen, device=device)
+        idx = torch.randint(0, n, (batch_size,), generator=gen, device=device)
         xb, yb = images[idx].to(device), labels[idx].to(device)
         b, k = xb.shape[0], noise_multiplicity
         x0 = _draw_views(xb, k, augment, gen).reshape(b * k, *xb.shape[1:])
@@ -279,6 +279,6 @@ def train_nondp(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss)
+        loss_sum += loss.item()
     return TrainOutcome(steps=steps, loss=loss_sum / max(steps, 1),
                         seconds=time.perf_counter() - t0, examples_seen=steps * batch_size)

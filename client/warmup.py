@@ -1,0 +1,76 @@
+"""A site's warm-up release: per-class pixel sums and counts under the Gaussian mechanism.
+
+The server averages the released sums of all sites into DP "central images" (one per class)
+and pretrains the generator on them before DP-SGD starts (a DP-FETA-style warm start; the
+pretraining is post-processing and costs nothing more). Each example ``x`` in ``[-1, 1]^D``
+changes the concatenated (class sums, class counts) vector by at most ``sqrt(D + 1)`` in L2
+when it is added or removed, so noise ``N(0, (sigma * sqrt(D + 1))^2)`` on every coordinate
+is a Gaussian mechanism with noise multiplier ``sigma``, recorded as one entry
+``(sigma, sample_rate=1, steps=1)`` in the site's ledger before anything leaves.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+import torch
+
+from client.site import SiteContext, load_site_data
+from client.train import images_to_tensor
+from shared.atomic import atomic_write_bytes
+from shared.config import RunConfig
+from shared.generator.train import secure_noise_generator
+from shared.privacy import PrivacyLedger, compose_epsilon
+
+__all__ = ["release_class_sums", "WARMUP_FILE"]
+
+log = logging.getLogger("fedaug.client")
+WARMUP_FILE = "warmup-release.pt"
+
+
+def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
+                       num_classes: int, image_size: int, run_id: str
+                       ) -> dict[str, np.ndarray] | None:
+    """Noised ``class-sums`` (K, D) and ``class-counts`` (K,), or None if the budget forbids.
+
+    Released once per run: a repeated request gets the same stored release (free).
+    """
+    ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
+    path = site.state_dir / WARMUP_FILE
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+        if stored.get("run") == run_id:
+            return stored["release"]
+    except (OSError, RuntimeError, EOFError, ValueError):
+        pass
+    after = compose_epsilon([*ledger.history(), (noise_multiplier, 1.0, 1)], delta=site.delta,
+                            pure=ledger.pure_epsilons())
+    if after > site.epsilon_budget:
+        log.warning("%s: declines the warm-up release: epsilon would reach %.2f of %.2f.",
+                    site.name, after, site.epsilon_budget)
+        return None
+    data = load_site_data(site, run)
+    x = images_to_tensor(data.images)
+    if x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                            align_corners=False)
+    flat = x.flatten(1).double()
+    y = torch.from_numpy(data.labels).long()
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, y, flat)
+    counts = torch.bincount(y, minlength=num_classes).double()
+    std = noise_multiplier * math.sqrt(flat.shape[1] + 1.0)
+    gen = secure_noise_generator()
+    sums += torch.randn(sums.shape, generator=gen, dtype=torch.float64) * std
+    counts += torch.randn(counts.shape, generator=gen, dtype=torch.float64) * std
+    release = {"class-sums": sums.float().numpy(), "class-counts": counts.float().numpy()}
+    ledger.append(mechanism="gaussian", noise_multiplier=noise_multiplier, sample_rate=1.0,
+                  steps=1, run=run_id, round=0)
+    buf = io.BytesIO()
+    torch.save({"run": run_id, "release": release}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    log.info("%s: warm-up release of class sums (sigma %.2f), epsilon now %.3f", site.name,
+             noise_multiplier, ledger.epsilon())
+    return release

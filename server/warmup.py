@@ -1,0 +1,73 @@
+"""The server's warm start: DP central images from the sites' noised class sums, then a short
+pretraining of the generator on them (post-processing of DP releases: no further cost)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from shared import keys
+from shared.generator import train_nondp
+
+__all__ = ["collect_central_images", "pretrain_on_central_images"]
+
+log = logging.getLogger("fedaug.server")
+
+
+def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int,
+                           image_shape: tuple[int, int, int], timeout: float,
+                           min_count: float = 5.0) -> np.ndarray | None:
+    """Ask every site for its noised class sums; return per-class mean images in [-1, 1]
+    as (K, C, H, W), or None when no site released."""
+    nodes = list(grid.get_node_ids())
+    msgs = [Message(content=RecordDict({keys.CONFIG: config}), message_type=MessageType.QUERY,
+                    dst_node_id=n) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    c, h, w = image_shape
+    sums = np.zeros((num_classes, c * h * w))
+    counts = np.zeros(num_classes)
+    used = 0
+    for r in replies:
+        if r.has_error() or keys.ARRAYS not in r.content.array_records:
+            continue
+        arrays = r.content[keys.ARRAYS]
+        try:
+            s, n = arrays["class-sums"].numpy(), arrays["class-counts"].numpy()
+        except KeyError:
+            continue
+        if s.shape != sums.shape or n.shape != counts.shape or not (
+                np.all(np.isfinite(s)) and np.all(np.isfinite(n))):
+            log.warning("warm-up: ignoring a malformed release from node %d",
+                        r.metadata.src_node_id)
+            continue
+        sums += s
+        counts += n
+        used += 1
+    log.info("warm-up: %d of %d sites released noised class sums", used, len(nodes))
+    if used == 0:
+        return None
+    means = sums / np.maximum(counts, min_count)[:, None]
+    return np.clip(means, -1, 1).reshape(num_classes, c, h, w).astype(np.float32)
+
+
+def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, means: np.ndarray,
+                               *, steps: int = 300, jitter: float = 0.3, seed: int = 0) -> float:
+    """Train on jittered, shifted copies of the central images (one per class); returns the
+    mean loss. The jitter and +-1 pixel shifts make it learn a family, not K points."""
+    x = torch.from_numpy(means)
+    y = torch.arange(len(means))
+
+    def jittered(batch01: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        shift = torch.randint(-1, 2, (2,), generator=gen)
+        out = torch.roll(batch01, shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))
+        noise = torch.randn(out.shape, generator=gen) * (jitter / 2)
+        return (out + noise).clamp(0, 1)
+
+    outcome = train_nondp(unet, scheduler, x, y, steps=steps, batch_size=128,
+                          learning_rate=2e-3, augment=jittered, seed=seed)
+    return outcome.loss
