@@ -128,12 +128,12 @@ class TrainSettings(_Settings):
     those itself and the server cannot raise them.
     """
 
-    local_steps: int = _opt(50, "DP-SGD steps per site per round", lo=1, hi=100_000)
-    batch_size: int = _opt(256, "expected (Poisson) batch size per step; capped at the site's size",
+    local_steps: int = _opt(1, "DP-SGD steps per site per round", lo=1, hi=100_000)
+    batch_size: int = _opt(4096, "expected (Poisson) batch size per step; capped at the site's size (the default means full batches, q=1)",
                            lo=1, hi=1_000_000)
-    learning_rate: float = _opt(2e-3, "Adam learning rate", lo=0.0, lo_open=True, hi=1.0)
-    max_grad_norm: float = _opt(1.0, "per-example clipping norm C", lo=0.0, lo_open=True)
-    noise_multiplicity: int = _opt(4, "diffusion noise draws (and augmented views) averaged inside "
+    learning_rate: float = _opt(1e-2, "Adam learning rate", lo=0.0, lo_open=True, hi=1.0)
+    max_grad_norm: float = _opt(0.3, "per-example clipping norm C", lo=0.0, lo_open=True)
+    noise_multiplicity: int = _opt(2, "diffusion noise draws (and augmented views) averaged inside "
                                    "each example's loss before clipping", lo=1, hi=64)
     noise_multiplier: float = _opt(0.0, "DP noise multiplier sigma; 0 = plan it from the site's "
                                    "budget over the remaining rounds", lo=0.0, hi=1000.0)
@@ -156,7 +156,7 @@ def _same(name: str) -> Any:
 class RunConfig(_Settings):
     """Every run-config key of the Flower app with its default (mirrors pyproject.toml)."""
 
-    num_server_rounds: int = _opt(10, "federated rounds", lo=1, hi=10_000)
+    num_server_rounds: int = _opt(30, "federated rounds", lo=1, hi=10_000)
     fraction_train: float = _opt(1.0, "fraction of sites selected per round", lo=0.0, lo_open=True,
                                  hi=1.0)
     min_sites: int = _opt(2, "fewest sites a round needs; the run ends cleanly below it", lo=1)
@@ -202,7 +202,7 @@ class RunConfig(_Settings):
     wait_for_sites_s: float = _opt(60.0, "seconds a deployed server waits for min-sites to "
                                    "connect before a round (0 in fedaug simulate)", lo=0.0)
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
-    model_channels: str = _opt("32,64", "UNet block_out_channels, comma-separated")
+    model_channels: str = _opt("8,16", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
     prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0) or epsilon",
                                 choices=("sample", "epsilon"))
@@ -211,7 +211,7 @@ class RunConfig(_Settings):
                                           "per run (charged to its ledger); the server pretrains "
                                           "on the resulting central images (0 = off)", lo=0.0)
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
-    ema_decay: float = _opt(0.0, "server-side EMA of the global weights over rounds (0 = off)",
+    ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     sample_steps: int = _opt(50, "DDIM steps when sampling", lo=1, hi=1000)
     samples_per_class: int = _opt(10, "samples per class in the grid written after the run",
