@@ -133,7 +133,7 @@ class FedAugStrategy(FedAvg):
                  transfer_dtype: str = "float32", central_noise_multiplier: float = 0.0,
                  central_clip_norm: float = 1.0, central_ledger: Any = None,
                  run_id: str = "") -> None:
-        super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0,
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0,
                          min_train_nodes=min_sites, min_evaluate_nodes=0,
                          min_available_nodes=min_sites, weighted_by_key=keys.NUM_EXAMPLES,
                          arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG)
