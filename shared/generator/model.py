@@ -116,8 +116,9 @@ class GeneratorConfig:
 
 
 def _norm_groups(channels: tuple[int, ...]) -> int:
+    """Most group-norm groups (up to 8) that divide every level with >= 2 channels a group."""
     for g in (8, 4, 2, 1):
-        if all(c % g == 0 for c in channels):
+        if all(c % g == 0 and c // g >= 2 for c in channels):
             return g
     return 1
 
