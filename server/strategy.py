@@ -164,6 +164,7 @@ class FedAugStrategy(FedAvg):
         self.latest_raw: ArrayRecord | None = None
         self._t0 = 0.0
         self._selected = 0
+        self._chosen: list[int] = []
 
     # -- selection ---------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -184,6 +185,7 @@ class FedAugStrategy(FedAvg):
         size = max(self.min_sites, int(len(eligible) * self.fraction_train))
         chosen = sorted(self._rng.sample(eligible, min(size, len(eligible))))
         self._selected = len(chosen)
+        self._chosen = chosen
         config[keys.SERVER_ROUND] = server_round
         config[keys.POLICY] = self.policy.to_json()
         wire = arrays if self.transfer_dtype == "float32" else cast_record(arrays,
@@ -243,6 +245,11 @@ class FedAugStrategy(FedAvg):
                 continue
             rec.num_examples = int(metrics[keys.NUM_EXAMPLES])
             good.append((msg.content, policy, rec))
+        answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
+        for node in self._chosen:
+            if node not in answered and node in self.sites and \
+                    self.sites[node].site not in summary.excluded:
+                summary.excluded[self.sites[node].site] = "no reply this round (died or timed out)"
         for name, why in summary.excluded.items():
             log.warning("Round %d: excluding %s from aggregation: %s", server_round, name, why)
         remaining = [n for n in self.sites if n not in self.exhausted]
