@@ -13,7 +13,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.checkpoint import STATE_FILE, load_server_state, save_server_state, write_global
+from server.checkpoint import (
+    STATE_FILE,
+    keep_round_checkpoint,
+    load_server_state,
+    save_server_state,
+    write_global,
+)
 from server.strategy import FedAugStrategy, RoundSummary
 from server.warmup import collect_central_images, pretrain_on_central_images
 from shared import keys
@@ -146,6 +152,8 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
                      card=card(strategy, summary.server_round))
         save_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config,
                           raw=strategy.latest_raw, strategy=strategy)
+        keep_round_checkpoint(out / "checkpoints", summary.server_round, out / "global",
+                              keep=run.keep_checkpoints)
         eps = ", ".join(f"{r['site']} {r['epsilon']:.2f}" for r in strategy.site_cards())
         log.info("round %d/%d: %d/%d sites replied, %d aggregated | loss %.4f | epsilon: %s | "
                  "%.1fs | %.0f kB down, %.0f kB up per site", summary.server_round, run.num_server_rounds, summary.replied,

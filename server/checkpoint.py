@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from shared.atomic import atomic_dir
 from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 
-__all__ = ["write_global", "read_model_card", "update_model_card", "save_server_state",
+__all__ = ["write_global", "keep_round_checkpoint", "read_model_card", "update_model_card", "save_server_state",
            "load_server_state", "MODEL_CARD", "STATE_FILE"]
 
 MODEL_CARD = "model_card.json"
@@ -94,3 +94,23 @@ def load_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
     if state["strategy"]["rounds-done"] >= run.num_server_rounds:
         return None
     return {"raw": ArrayRecord(state["raw"]), "strategy": state["strategy"]}
+
+
+def keep_round_checkpoint(folder: str | Path, server_round: int, source: str | Path, *,
+                          keep: int = 3) -> Path | None:
+    """Copy the just-published global folder to ``folder/round-NNNN`` (atomically) and keep
+    only the newest ``keep`` of them (0 keeps none)."""
+    import shutil
+
+    from shared.atomic import atomic_dir
+
+    if keep <= 0:
+        return None
+    folder = Path(folder)
+    target = folder / f"round-{server_round:04d}"
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    rounds = sorted(p for p in folder.glob("round-*") if p.is_dir())
+    for old in rounds[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

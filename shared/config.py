@@ -197,6 +197,8 @@ class RunConfig(_Settings):
                                     lo=0.0, lo_open=True)
     transfer_dtype: str = _opt("float32", "dtype of parameters on the wire; float16 halves the "
                                "traffic", choices=("float32", "float16"))
+    keep_checkpoints: int = _opt(3, "per-round copies of the global model kept in "
+                                 "OUT/checkpoints/round-NNNN (newest first)", lo=0)
     round_timeout_s: float = _opt(600.0, "seconds the server waits for replies in a round; "
                                   "sites that have not replied by then are left out", lo=1.0)
     wait_for_sites_s: float = _opt(60.0, "seconds a deployed server waits for min-sites to "

@@ -236,6 +236,8 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     strategy = simulate(run, num_sites=2, progress=False, audit=False)
     # Assert: only round 3 ran; sites' ledgers hold 3 rounds in all
     assert strategy.round_offset == 2
+    rounds = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert rounds == ["round-0001", "round-0002", "round-0003"]
     assert [r.server_round for r in strategy.rounds] == [3]
     card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
     assert card["rounds"] == 3
