@@ -23,7 +23,6 @@ def _setup_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     ours = logging.getLogger("fedaug")
     ours.handlers[:] = [handler]
-    ours.propagate = False
     ours.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
