@@ -433,7 +433,9 @@ def pure_dp_rdp(epsilon: float, orders: Sequence[float]) -> np.ndarray:
     if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 1):
         raise ConfigError("orders must be a non-empty list of finite numbers > 1.", value=orders,
                           fix="Use opacus.accountants.RDPAccountant.DEFAULT_ALPHAS.")
-    return np.minimum(float(epsilon), a * float(epsilon) ** 2 / 2.0)
+    from shared.privacy.accounting import pure_dp_rdp as _ledger_curve
+
+    return _ledger_curve(float(epsilon), a)
 
 
 # -------------------------------------------------------------------------------- site step

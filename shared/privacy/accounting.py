@@ -69,10 +69,11 @@ def _rdp_to_dp(rdp: np.ndarray, delta: float) -> float:
 _ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
-def pure_dp_rdp(epsilon: float) -> np.ndarray:
-    """RDP of a pure epsilon-DP mechanism at each order: min(eps, alpha * eps**2 / 2)."""
-    orders = np.asarray(_ORDERS)
-    return np.minimum(epsilon, orders * epsilon**2 / 2)
+def pure_dp_rdp(epsilon: float, orders: Sequence[float] | None = None) -> np.ndarray:
+    """RDP of a pure epsilon-DP mechanism at each order: min(eps, alpha * eps**2 / 2)
+    (pure eps-DP implies eps^2/2-zCDP, Bun & Steinke 2016). Orders default to Opacus's."""
+    a = np.asarray(_ORDERS if orders is None else orders, dtype=np.float64)
+    return np.minimum(float(epsilon), a * float(epsilon) ** 2 / 2.0)
 
 
 @lru_cache(maxsize=4096)
