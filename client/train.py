@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from client.site import SiteContext, load_site_data
+from shared import keys
 from shared.atomic import atomic_write_bytes, atomic_write_json
 from shared.augment import BatchAugmenter, Policy
 from shared.config import RunConfig, TrainSettings
@@ -120,17 +122,17 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
     unet = build_unet(gen_config).to(device)
     unet.load_state_dict(global_state)
     metrics_base: dict[str, float | int] = {
-        "num-examples": len(data),
-        "delta": site.delta,
-        "budget": site.epsilon_budget,
-        "noise-multiplier": plan.noise_multiplier,
-        "sample-rate": plan.sample_rate,
+        keys.NUM_EXAMPLES: len(data),
+        keys.DELTA: site.delta,
+        keys.BUDGET: site.epsilon_budget,
+        keys.NOISE_MULTIPLIER: plan.noise_multiplier,
+        keys.SAMPLE_RATE: plan.sample_rate,
     }
     if plan.steps == 0:
         log.warning("%s: declines round %d: %s (epsilon spent %.3f of %.3f).", site.name,
                     server_round, plan.reason, ledger.epsilon(), site.epsilon_budget)
-        metrics = {**metrics_base, "num-examples": 0, "loss": 0.0, "steps": 0,
-                   "epsilon": ledger.epsilon(), "train-seconds": 0.0}
+        metrics = {**metrics_base, keys.NUM_EXAMPLES: 0, keys.LOSS: 0.0, keys.STEPS: 0,
+                   keys.EPSILON: ledger.epsilon(), keys.TRAIN_SECONDS: 0.0}
         return RoundResult(unet.state_dict(), reply_policy.to_json(), metrics,
                            "budget-exhausted")
     if plan.reason:
@@ -162,8 +164,8 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
                   sample_rate=plan.sample_rate, steps=outcome.steps, run=run_id,
                   round=server_round)
     _save_optimizer(opt_path, run_id, outcome.optimizer_state)
-    metrics = {**metrics_base, "loss": outcome.loss, "steps": outcome.steps,
-               "epsilon": ledger.epsilon(), "train-seconds": outcome.seconds}
+    metrics = {**metrics_base, keys.LOSS: outcome.loss, keys.STEPS: outcome.steps,
+               keys.EPSILON: ledger.epsilon(), keys.TRAIN_SECONDS: outcome.seconds}
     state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
     return RoundResult(state, reply_policy.to_json(), metrics, "trained")
 
@@ -229,6 +231,4 @@ def _save_optimizer(path: Any, run_id: str, state: dict | None) -> None:
 
 def _round_seed(seed: int, site: str, server_round: int) -> int:
     """All replayable randomness comes from (run seed, site, round)."""
-    import zlib
-
     return (seed * 1_000_003 + zlib.crc32(site.encode()) * 7919 + server_round) % (2**63)

@@ -27,7 +27,7 @@ from shared.atomic import atomic_write_bytes
 from shared.augment import Policy
 from shared.config import RunConfig
 from shared.data import load_image_source
-from shared.errors import ConfigError
+from shared.errors import ConfigError, FedaugError
 from shared.generator import (
     GeneratorConfig,
     build_train_scheduler,
@@ -64,7 +64,7 @@ def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ..
         try:
             data = load_image_source(run.data, split="train", size=run.image_size or None,
                                      seed=run.seed)
-        except Exception as err:
+        except FedaugError as err:
             raise ConfigError(
                 "The server could not work out the image size, channels and classes.",
                 value=run.data,

@@ -202,16 +202,14 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 # -- deployment -------------------------------------------------------------------------
-def _cmd_server(args: argparse.Namespace) -> int:
-    from server.deploy import main as server_main
-
-    return int(server_main(args.rest) or 0)
-
-
-def _cmd_client(args: argparse.Namespace) -> int:
-    from client.deploy import main as client_main
-
-    return int(client_main(args.rest) or 0)
+def _run_deploy(command: str, rest: list[str]) -> int:
+    """``fedaug server ...`` / ``fedaug client ...``: their own parsers in */deploy.py."""
+    _setup_logging(False)
+    if command == "server":
+        from server.deploy import main as deploy_main
+    else:
+        from client.deploy import main as deploy_main
+    return int(deploy_main(rest) or 0)
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -306,22 +304,19 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--write-card", action="store_true", help="store the result in the model card")
     au.set_defaults(func=_cmd_audit)
 
-    sv = sub.add_parser(
+    # Listed for --help only: main() hands their arguments to server/client deploy.py.
+    sub.add_parser(
         "server", help="aggregation server: certificates, hospital keys, the SuperLink",
         add_help=False,
         description="fedaug server {certs,node-key,serve} ... (see docs/deploy.md); "
         "`fedaug server serve --help` for the SuperLink's options. TLS and hospital "
         "authentication are on unless --insecure is given.")
-    sv.add_argument("rest", nargs=argparse.REMAINDER)
-    sv.set_defaults(func=_cmd_server)
-    cl = sub.add_parser(
+    sub.add_parser(
         "client", help="a hospital's client: the SuperNode with its data, state and budget",
         add_help=False,
         description="fedaug client --superlink HOST:PORT --root-cert ca.crt --key KEY "
         "--data-path DATA --state-dir DIR --site-name NAME --epsilon-budget E (see "
         "docs/deploy.md); `fedaug client --help` lists every option.")
-    cl.add_argument("rest", nargs=argparse.REMAINDER)
-    cl.set_defaults(func=_cmd_client)
 
     pr = sub.add_parser("privacy", help="inspect a site's privacy ledger")
     prs = pr.add_subparsers(dest="privacy_command", required=True)
@@ -337,10 +332,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedaug`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["server"], ["client"]):  # their own parsers (server/deploy.py, client/deploy.py)
-        _setup_logging(False)
-        args = argparse.Namespace(rest=argv[1:], verbose=False)
-        return _cmd_server(args) if argv[0] == "server" else _cmd_client(args)
+    if argv[:1] in (["server"], ["client"]):
+        return _run_deploy(argv[0], argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -7,12 +7,11 @@ ARRAYS = "arrays"  # ArrayRecord: generator parameters
 CONFIG = "config"  # ConfigRecord: server -> site instructions / site -> server policy
 METRICS = "metrics"  # MetricRecord: aggregate metrics only
 
-# --- ConfigRecord keys, server -> site -------------------------------------------
+# --- ConfigRecord keys, server -> site (plus every TrainSettings key, flat) --------
 SERVER_ROUND = "server-round"  # injected by Flower's strategies
 RUN_ID = "run-id"
 NUM_ROUNDS = "num-server-rounds"
 POLICY = "policy"  # JSON string of the (global) augmentation policy
-TRAIN_SETTINGS = "train-settings"  # JSON string of TrainSettings
 WARMUP_NOISE_MULTIPLIER = "warmup-noise-multiplier"
 
 # --- ConfigRecord keys, site -> server ------------------------------------------

@@ -52,6 +52,7 @@ def _audit_into_card(run: RunConfig) -> None:
     the sites' training records (members) and the test split (never trained on)."""
     from server.checkpoint import update_model_card
     from shared.data import load_image_source
+    from shared.errors import FedaugError
     from shared.evaluate.report import privacy_audit
 
     try:
@@ -59,7 +60,7 @@ def _audit_into_card(run: RunConfig) -> None:
                                   seed=run.seed)
         test = load_image_source(run.data, split="test", size=run.image_size or None,
                                  seed=run.seed)
-    except Exception as err:  # e.g. an image folder without a test split
+    except FedaugError as err:  # e.g. an image folder without a test split
         log.warning("privacy audit skipped: %s", err)
         return
     result = privacy_audit(Path(run.out_dir) / "global", train, test, steps=run.sample_steps,
