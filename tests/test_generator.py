@@ -22,6 +22,8 @@ from shared.generator import (
     train_dp,
 )
 from shared.generator.generate import generate_to_folder
+from shared.generator.persample import PerExampleGrads
+from shared.generator.train import _DPOptimizer
 
 CFG = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16))
 
@@ -40,14 +42,22 @@ def _draws(b: int, k: int, seed: int = 0):
     return x0, y, noise, t
 
 
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
 @pytest.mark.parametrize("prediction", ["sample", "epsilon"])
-def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction):
+def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction, method):
     # Prepare
     unet, sched = _model()
     alphas = sched.alphas_cumprod.float()
     x0, y, noise, t = _draws(b=3, k=4)
-    # Execute
-    grads, losses = per_example_grads(unet, x0, y, noise, t, alphas, prediction_type=prediction)
+    # Execute: the vmap reference and the layer hooks train_dp uses (chunk 2: two chunks)
+    if method == "vmap":
+        grads, losses = per_example_grads(unet, x0, y, noise, t, alphas,
+                                          prediction_type=prediction)
+    else:
+        hooks = PerExampleGrads(unet)
+        grads, losses = hooks(x0, y, noise, t, alphas, prediction_type=prediction, chunk=2)
+        hooks.close()
+    assert set(grads) == {n for n, _ in unet.named_parameters()}
     # Assert: one row per EXAMPLE (not per draw), equal to the gradient of its K-mean loss
     for name, g in grads.items():
         assert g.shape[0] == 3, name
@@ -59,6 +69,45 @@ def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(predicti
         assert float(losses[i]) == pytest.approx(loss.item(), rel=1e-5)
         for name, p in unet.named_parameters():
             torch.testing.assert_close(grads[name][i], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_hooks_refuse_a_layer_they_cannot_split_per_example():
+    unet, _ = _model()
+    unet.mid_block.add_module("bn", torch.nn.BatchNorm2d(16))  # mixes examples: not exact
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        PerExampleGrads(unet)
+
+
+def test_flat_dp_optimizer_matches_opacus_dpoptimizer():
+    # Prepare: the same per-example gradients for Opacus's DPOptimizer and ours
+    unet, sched = _model()
+    alphas = sched.alphas_cumprod.float()
+    x0, y, noise, t = _draws(b=6, k=2, seed=3)
+    grads, _ = per_example_grads(unet, x0, y, noise, t, alphas)
+    params = list(unet.parameters())
+    names = [n for n, _ in unet.named_parameters()]
+    norms = torch.stack([torch.cat([grads[n][i].flatten() for n in names]).norm()
+                         for i in range(6)])
+    clip = float(norms.median())  # half the examples are clipped, half are not
+
+    def step(cls, sigma):
+        opt = cls(torch.optim.SGD(params, lr=0.0), noise_multiplier=sigma, max_grad_norm=clip,
+                  expected_batch_size=6, generator=torch.Generator().manual_seed(0))
+        for n, p in zip(names, params, strict=True):
+            p.grad_sample = grads[n].clone()
+        opt.step()
+        out = torch.cat([p.grad.flatten() for p in params]).clone()
+        opt.zero_grad()
+        return out
+
+    # Execute / Assert: without noise, the same clipped mean
+    torch.testing.assert_close(step(_DPOptimizer, 0.0), step(DPOptimizer, 0.0),
+                               atol=1e-8, rtol=1e-5)
+    # with noise, the same noise scale sigma * C / B on every coordinate
+    sigma = 2.0
+    residual = step(_DPOptimizer, sigma) - step(_DPOptimizer, 0.0)
+    assert float(residual.std()) == pytest.approx(sigma * clip / 6, rel=0.03)
+    assert abs(float(residual.mean())) < 0.03 * sigma * clip / 6
 
 
 def test_clipping_is_per_example_not_per_draw():
