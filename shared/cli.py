@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared.config import DEFAULT_SAMPLE_STEPS
 from shared.errors import FedaugError
 
 __all__ = ["main"]
@@ -257,7 +258,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples in total (spread evenly over classes unless --label)")
     g.add_argument("--label", type=int, help="only this class index")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    g.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    g.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
+                   help=f"DDIM steps (default {DEFAULT_SAMPLE_STEPS})")
     g.add_argument("--out", required=True, help="output folder")
     g.set_defaults(func=_cmd_generate)
 
@@ -288,7 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=1000, help="synthetic samples (1000)")
     ev.add_argument("--small-site-size", type=int, default=100,
                     help="records of the simulated small site (100)")
-    ev.add_argument("--steps", type=int, default=50, help="DDIM steps (50)")
+    ev.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
+                    help=f"DDIM steps ({DEFAULT_SAMPLE_STEPS})")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="folder for report.json and report.png")
     ev.set_defaults(func=_cmd_evaluate)

@@ -11,6 +11,10 @@ from typing import Any, TypeVar
 
 from shared.errors import ConfigError
 
+#: DDIM steps when sampling. 25 steps give the Frechet distance of 1000-step DDPM to within
+#: a few per cent at 35-40x its speed (docs/benchmarks.md, speed.py).
+DEFAULT_SAMPLE_STEPS = 25
+
 __all__ = ["RunConfig", "TrainSettings", "load_scenario", "settings_help"]
 
 T = TypeVar("T", bound="_Settings")
@@ -215,7 +219,7 @@ class RunConfig(_Settings):
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
-    sample_steps: int = _opt(50, "DDIM steps when sampling", lo=1, hi=1000)
+    sample_steps: int = _opt(DEFAULT_SAMPLE_STEPS, "DDIM steps when sampling", lo=1, hi=1000)
     samples_per_class: int = _opt(10, "samples per class in the grid written after the run",
                                   lo=1, hi=1000)
 

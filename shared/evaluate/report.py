@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from shared.atomic import atomic_write_bytes, atomic_write_json
 from shared.augment import Policy, apply_policy
+from shared.config import DEFAULT_SAMPLE_STEPS
 from shared.data import ImageDataset
 from shared.evaluate.classifier import classification_report, train_classifier
 from shared.evaluate.fidelity import fidelity_report
@@ -64,7 +65,7 @@ def _sample(model_dir: str | Path, num_classes: int, per_class: int, *, steps: i
 
 
 def privacy_audit(model_dir: str | Path, train: ImageDataset, holdout: ImageDataset, *,
-                  num_samples: int = 500, steps: int = 50, seed: int = 0,
+                  num_samples: int = 500, steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0,
                   synthetic: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Memorization (distance to closest record, train vs holdout) and a membership-
     inference attack (loss threshold on the diffusion loss) against the global generator.
@@ -112,7 +113,7 @@ def small_site_subset(data: ImageDataset, size: int, *, seed: int = 0) -> ImageD
 
 def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDataset, *,
                        num_samples: int = 1000, small_site: ImageDataset | None = None,
-                       policy: Policy | None = None, steps: int = 50, seed: int = 0,
+                       policy: Policy | None = None, steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0,
                        epochs: int = 8, out_dir: str | Path | None = None,
                        audit: bool = True) -> dict[str, Any]:
     """The full report: utility (TSTR vs TRTR), augmentation gain for a small site,

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from shared.atomic import atomic_write_bytes
+from shared.config import DEFAULT_SAMPLE_STEPS
 from shared.errors import ConfigError
 from shared.generator.model import load_generator
 from shared.generator.sample import make_grid, sample_images, to_uint8
@@ -19,7 +20,7 @@ __all__ = ["generate", "generate_to_folder"]
 
 
 def generate(model_dir: str | Path, *, num_samples: int, label: int | None = None,
-             seed: int = 0, steps: int = 50) -> tuple[np.ndarray, np.ndarray, list[str]]:
+             seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sample ``num_samples`` images: uint8 (N, H, W, C), labels (N,), class names."""
     unet, scheduler, config = load_generator(model_dir)
     names = _class_names(Path(model_dir), config.num_classes)
@@ -49,7 +50,7 @@ def _class_names(folder: Path, k: int) -> list[str]:
 
 
 def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: int,
-                       label: int | None = None, seed: int = 0, steps: int = 50
+                       label: int | None = None, seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS
                        ) -> dict[str, Any]:
     """Write ``out/<class>/NNNNN.png``, ``out/grid.png`` and ``out/samples.npz``."""
     images, labels, names = generate(model_dir, num_samples=num_samples, label=label,

@@ -11,6 +11,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from PIL import Image
 
+from shared.config import DEFAULT_SAMPLE_STEPS
+
 __all__ = ["sample_images", "to_uint8", "make_grid", "write_sample_grid"]
 
 
@@ -20,7 +22,7 @@ def sample_images(
     scheduler: DDPMScheduler,
     labels: Sequence[int] | torch.Tensor,
     *,
-    num_inference_steps: int = 50,
+    num_inference_steps: int = DEFAULT_SAMPLE_STEPS,
     seed: int = 0,
     sampler: str = "ddim",
     chunk: int = 256,
@@ -86,7 +88,7 @@ def make_grid(images: np.ndarray, *, rows: int, scale: int = 4, pad: int = 1) ->
 
 
 def write_sample_grid(model_dir: str | Path, png: str | Path, *, per_class: int = 10,
-                      steps: int = 50, seed: int = 0) -> Path:
+                      steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0) -> Path:
     """Sample ``per_class`` images of every class from a saved generator into one PNG
     (one row per class), written atomically."""
     from shared.atomic import atomic_write_bytes

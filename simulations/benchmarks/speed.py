@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from shared.config import RunConfig  # noqa: E402
-from shared.data import load_digits_builtin  # noqa: E402
+from shared.data import load_digits_builtin, load_medmnist  # noqa: E402
 from shared.evaluate import frechet_distance, train_classifier  # noqa: E402
 from shared.generator import (  # noqa: E402
     GeneratorConfig,
@@ -48,14 +48,23 @@ def _model(run: RunConfig, data) -> tuple:
     return build_unet(cfg), build_train_scheduler(cfg), cfg
 
 
-def bench_training(run: RunConfig, *, steps: int, batch: int) -> dict:
-    """The generator's DP-SGD step against the same model, batch and K without DP."""
-    data = load_digits_builtin(split="train")
+def _pneumonia_path() -> Path:
+    return ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
+
+
+def bench_training(run: RunConfig, *, steps: int, batch: int, data=None) -> dict:
+    """The generator's DP-SGD step against the same model, batch and K without DP.
+
+    Both sides run ``steps`` steps of the same objective (K draws per example); the DP side
+    is the sites' own ``train_dp`` (Poisson batches of expected size ``batch``, per-example
+    gradients, clipping, noise), the other a plain ``train_nondp`` step.
+    """
+    data = data if data is not None else load_digits_builtin(split="train")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     y = torch.from_numpy(data.labels)
     k = run.noise_multiplicity
-    out = {}
-    for mode in ("nondp", "dp", "nondp", "dp"):  # interleaved, second pass counts
+    out: dict[str, list[float]] = {"nondp": [], "dp": []}
+    for mode in ("nondp", "dp") * 3:  # interleaved; the median of three counts
         unet, sched, _ = _model(run, data)
         if mode == "dp":
             q = poisson_sample_rate(len(x), batch)
@@ -67,14 +76,20 @@ def bench_training(run: RunConfig, *, steps: int, batch: int) -> dict:
             r = train_nondp(unet, sched, x, y, steps=steps, batch_size=batch,
                             learning_rate=run.learning_rate, noise_multiplicity=k)
             rate = steps * batch / r.seconds
-        out[mode] = rate
-    return {"nondp-examples-per-s": out["nondp"], "dp-examples-per-s": out["dp"],
-            "dp-over-nondp": out["nondp"] / out["dp"], "noise-multiplicity": k,
-            "batch": batch}
+        out[mode].append(rate)
+    nondp, dp = float(np.median(out["nondp"])), float(np.median(out["dp"]))
+    return {"nondp-examples-per-s": nondp, "dp-examples-per-s": dp, "dp-over-nondp": nondp / dp,
+            "noise-multiplicity": k, "batch": batch,
+            "image-size": int(data.image_shape[0])}
 
 
-def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int) -> dict:
-    """DDIM at ``ddim_steps`` against 1000-step DDPM on one (non-DP trained) model."""
+def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int,
+                   sweep: tuple[int, ...] = (50, 10), seeds: tuple[int, ...] = (1, 2)) -> dict:
+    """DDIM at ``ddim_steps`` against 1000-step DDPM on one (non-DP trained) model.
+
+    Frechet distances are the mean over ``seeds`` (sample sets differ by seed by a few per
+    cent); ``sweep`` adds other DDIM step counts for the table.
+    """
     data = load_digits_builtin(split="train")
     test = load_digits_builtin(split="test")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -82,21 +97,31 @@ def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int)
     unet, sched, _ = _model(run, data)
     train_nondp(unet, sched, x, y, steps=train_steps, batch_size=128, learning_rate=2e-3)
     labels = (np.arange(n) % data.num_classes).tolist()
-    t0 = time.perf_counter()
-    fast = to_uint8(sample_images(unet, sched, labels, num_inference_steps=ddim_steps, seed=1))
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    slow = to_uint8(sample_images(unet, sched, labels, sampler="ddpm", seed=1))
-    t_slow = time.perf_counter() - t0
     clf = train_classifier(data.images, data.labels, num_classes=data.num_classes, epochs=8)
     real = clf.features(test.images)
-    fd_fast = frechet_distance(real, clf.features(fast))
-    fd_slow = frechet_distance(real, clf.features(slow))
-    return {"ddim-steps": ddim_steps, "ddim-samples-per-s": n / t_fast,
-            "ddpm-samples-per-s": n / t_slow, "sampler-speedup": t_slow / t_fast,
+
+    def run_sampler(sampler: str, steps: int) -> tuple[float, float]:
+        fds, secs = [], 0.0
+        for seed in seeds:
+            t0 = time.perf_counter()
+            imgs = to_uint8(sample_images(unet, sched, labels, num_inference_steps=steps,
+                                          sampler=sampler, seed=seed))
+            secs += time.perf_counter() - t0
+            fds.append(frechet_distance(real, clf.features(imgs)))
+        return n * len(seeds) / secs, float(np.mean(fds))
+
+    slow_rate, fd_slow = run_sampler("ddpm", 1000)
+    fast_rate, fd_fast = run_sampler("ddim", ddim_steps)
+    sweep_out = {}
+    for steps in sweep:
+        rate, fd = run_sampler("ddim", steps)
+        sweep_out[str(steps)] = {"samples-per-s": rate, "speedup": rate / slow_rate,
+                                 "frechet": fd}
+    return {"ddim-steps": ddim_steps, "ddim-samples-per-s": fast_rate,
+            "ddpm-samples-per-s": slow_rate, "sampler-speedup": fast_rate / slow_rate,
             "ddim-frechet": fd_fast, "ddpm-frechet": fd_slow,
             "frechet-ratio": fd_fast / fd_slow if fd_slow > 0 else float("nan"),
-            "num-samples": n}
+            "num-samples": n, "ddim-sweep": sweep_out}
 
 
 _CHILD = r"""
@@ -143,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     t0 = time.perf_counter()
     train = bench_training(run, steps=3 if q else 10, batch=64)
+    pneumonia = None
+    if _pneumonia_path().exists():  # the quality scenario's 28x28 images, when beside us
+        pneu = load_medmnist(_pneumonia_path(), split="train")
+        pneumonia = bench_training(run, steps=2 if q else 5, batch=64, data=pneu)
     sampling = bench_sampling(run, train_steps=100 if q else 1500, n=20 if q else 200,
                               ddim_steps=run.sample_steps)
     small = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads)
@@ -153,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"torch {torch.__version__}, {args.threads} thread(s)",
         **train,
+        **({f"pneumonia-{k}": v for k, v in pneumonia.items()} if pneumonia else {}),
         **sampling,
         "sites-10-peak-rss-mb": small["peak-rss-mb"],
         "sites-100-peak-rss-mb": big["peak-rss-mb"],
@@ -166,11 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     rows = [
-        ("DP-SGD step", f"{train['dp-examples-per-s']:.1f} ex/s",
+        ("DP-SGD step, 8x8", f"{train['dp-examples-per-s']:.1f} ex/s",
          f"non-DP {train['nondp-examples-per-s']:.1f} ex/s", f"{train['dp-over-nondp']:.2f}x slower"),
+        *([("DP-SGD step, 28x28", f"{pneumonia['dp-examples-per-s']:.1f} ex/s",
+            f"non-DP {pneumonia['nondp-examples-per-s']:.1f} ex/s",
+            f"{pneumonia['dp-over-nondp']:.2f}x slower")] if pneumonia else []),
         (f"DDIM {sampling['ddim-steps']} steps", f"{sampling['ddim-samples-per-s']:.1f} samples/s",
          f"DDPM 1000: {sampling['ddpm-samples-per-s']:.2f}/s",
          f"{sampling['sampler-speedup']:.1f}x faster, FD ratio {sampling['frechet-ratio']:.2f}"),
+        *[(f"  DDIM {k} steps", f"{v['samples-per-s']:.1f} samples/s", f"FD {v['frechet']:.2f}",
+           f"{v['speedup']:.1f}x") for k, v in sampling["ddim-sweep"].items()],
         ("100 sites, 10 per round", f"peak RSS {big['peak-rss-mb']:.0f} MB",
          f"10 sites: {small['peak-rss-mb']:.0f} MB", f"{big['wall-s']:.0f} s"),
         ("traffic per site-round", f"{result['bytes-per-site-round'] / 1e3:.0f} kB",
