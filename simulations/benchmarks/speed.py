@@ -26,11 +26,16 @@ sys.path.insert(0, str(ROOT))
 
 from shared.config import RunConfig  # noqa: E402
 from shared.data import load_digits_builtin, load_medmnist  # noqa: E402
-from shared.evaluate import frechet_distance, train_classifier  # noqa: E402
+from shared.evaluate import (  # noqa: E402
+    classification_report,
+    frechet_distance,
+    train_classifier,
+)
 from shared.generator import (  # noqa: E402
     GeneratorConfig,
     build_train_scheduler,
     build_unet,
+    load_generator,
     poisson_sample_rate,
     sample_images,
     to_uint8,
@@ -124,9 +129,52 @@ def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int,
             "num-samples": n, "ddim-sweep": sweep_out}
 
 
+def bench_float16_quality(run: RunConfig, *, rounds: int, repeats: int, n: int) -> dict:
+    """The same federation (default 5 sites, built-in digits) with float32 and float16
+    transfer, ``repeats`` runs each, interleaved; TSTR accuracy and Frechet distance of
+    ``n`` samples of each global model.
+
+    DP noise is drawn from OS entropy, so no two runs are equal even in float32: the
+    float32 runs' own spread is the yardstick a float16 loss must exceed to be measurable.
+    """
+    from simulations.run import simulate
+
+    train = load_digits_builtin(split="train")
+    test = load_digits_builtin(split="test")
+    clf = train_classifier(train.images, train.labels, num_classes=train.num_classes,
+                           epochs=8)
+    real = clf.features(test.images)
+    labels = (np.arange(n) % train.num_classes).tolist()
+    out: dict[str, dict[str, list[float]]] = {}
+    for dtype in ("float32", "float16") * repeats:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = RunConfig.from_mapping({**run.to_mapping(), "out-dir": tmp,
+                                          "num-server-rounds": rounds,
+                                          "transfer-dtype": dtype}, source="benchmark")
+            simulate(cfg, num_sites=5, progress=False, audit=False)
+            unet, sched, _ = load_generator(Path(tmp) / "global")
+            imgs = to_uint8(sample_images(unet, sched, labels, seed=1))
+        ys = np.asarray(labels)
+        synth = train_classifier(imgs, ys, num_classes=train.num_classes, epochs=8)
+        acc = float(classification_report(synth, test.images, test.labels)["accuracy"])
+        fd = frechet_distance(real, clf.features(imgs))
+        entry = out.setdefault(dtype, {"tstr-accuracy": [], "frechet": []})
+        entry["tstr-accuracy"].append(acc)
+        entry["frechet"].append(fd)
+    return {"rounds": rounds, "runs-per-dtype": repeats, **out}
+
+
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
+def peak_rss_mb():
+    # VmHWM of this process's own address space: getrusage's ru_maxrss survives execve on
+    # Linux, so a child started by a large parent would report the parent's size.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import torch; torch.set_num_threads({threads})
 from shared.config import RunConfig
 from simulations.run import simulate
@@ -134,7 +182,7 @@ run = RunConfig.from_mapping({mapping!r}, source="benchmark")
 t0 = time.perf_counter()
 s = simulate(run, num_sites={sites}, progress=False, audit=False)
 print(json.dumps({{"wall-s": time.perf_counter() - t0,
-  "peak-rss-mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  "peak-rss-mb": peak_rss_mb(),
   "rounds": len(s.rounds), "aggregated": [r.aggregated for r in s.rounds],
   "bytes-down": s.rounds[-1].bytes_down_per_site, "bytes-up": s.rounds[-1].bytes_up_per_site}}))
 """
@@ -178,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     big = bench_scale(run, sites=100, selected=10, rounds=2 if q else 3, threads=args.threads)
     half = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads,
                        transfer="float16")
+    f16 = bench_float16_quality(run, rounds=2 if q else 15, repeats=1 if q else 2,
+                                n=100 if q else 500)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"torch {torch.__version__}, {args.threads} thread(s)",
@@ -190,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "sites-100-aggregated-per-round": big["aggregated"],
         "bytes-per-site-round": big["bytes-up"] + big["bytes-down"],
         "bytes-per-site-round-float16": half["bytes-up"] + half["bytes-down"],
+        "float16-quality": f16,
         "wall-s": time.perf_counter() - t0,
     }
     if args.json:
@@ -212,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
          f"float16: {result['bytes-per-site-round-float16'] / 1e3:.0f} kB",
          f"{result['bytes-per-site-round-float16'] / result['bytes-per-site-round']:.2f}x"),
     ]
+    for dtype in ("float32", "float16"):
+        d = f16[dtype]
+        rows.append((f"  {dtype}, {f16['rounds']} rounds", "TSTR acc " + ", ".join(
+            f"{a:.3f}" for a in d["tstr-accuracy"]), "FD " + ", ".join(
+            f"{v:.2f}" for v in d["frechet"]), f"{len(d['frechet'])} run(s)"))
     print(result["machine"])
     for r in rows:
         print(f"{r[0]:<26} {r[1]:<24} {r[2]:<28} {r[3]}")
