@@ -1,10 +1,11 @@
-"""Tests of the image augmentation engine: invariants, batched == per-image, statistics."""
+"""Tests of the image augmentation engine: invariants, batched == per-image, backends, statistics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as TF
 
 from shared.augment import (
     Affine,
@@ -24,8 +25,10 @@ from shared.augment import (
     distribution_shift,
     draw_params,
     format_shift_report,
+    opencv_backend,
 )
-from shared.errors import DataError
+from shared.augment.batched import OPENCV_MIN_PIXELS
+from shared.errors import ConfigError, DataError
 
 ALL_IMAGE_OPS = (
     Rotate(p=0.8), HFlip(), VFlip(), CropResize(p=0.8), Affine(), GaussianBlur(),
@@ -73,7 +76,7 @@ def test_batched_engine_matches_the_per_image_path(sampling: Sampling | None) ->
     # Execute
     ref_gray = apply_policy(policy, gray[..., 0], seed=5)  # (N, H, W) accepted too
     ref_rgb = apply_policy(policy, rgb, seed=5)
-    aug = BatchAugmenter(policy)
+    aug = BatchAugmenter(policy, backend="torch")  # the OpenCV backend: tests below
     out_gray = aug(_nchw(gray), generator=torch.Generator().manual_seed(5))[:, 0].numpy()
     out_rgb = aug(_nchw(rgb), generator=torch.Generator().manual_seed(5)).permute(0, 2, 3, 1).numpy()
 
@@ -141,6 +144,102 @@ def test_batch_augmenter_rejects_bad_input() -> None:
     # Execute / Assert
     with pytest.raises(DataError, match=r"images must be a \(B, C, H, W\) tensor"):
         aug(torch.zeros(3, 8, 8, dtype=torch.int64), generator=torch.Generator())
+
+
+needs_opencv = pytest.mark.skipif(not opencv_backend.available(), reason="needs OpenCV >= 5")
+
+
+def _smooth(n: int, channels: int, h: int, w: int) -> torch.Tensor:
+    """Photo-like uint8 batch: coarse noise upsampled bicubically (plus fine noise)."""
+    rng = np.random.default_rng(h * w + channels)
+    coarse = torch.from_numpy(rng.random((n, channels, h // 6, w // 6)))
+    up = TF.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False) * 230.0
+    fine = torch.from_numpy(rng.normal(0.0, 8.0, (n, channels, h, w)))
+    return (up + fine + 12.0).clamp(0, 255).round().to(torch.uint8)
+
+
+@needs_opencv
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "ops, max_diff",
+    [((Rotate(p=1.0), HFlip(), VFlip(), CropResize(p=1.0)), 1), (ALL_IMAGE_OPS, 3)],
+    ids=["geometric", "every-op"],
+)
+def test_opencv_backend_agrees_with_the_torch_backend(channels: int, ops, max_diff: int) -> None:
+    # Prepare: non-square, so a swapped height and width would show
+    policy = Policy(ops=ops)
+    x = _smooth(12, channels, 40, 56)
+
+    # Execute
+    ref = BatchAugmenter(policy, backend="torch")(x, generator=torch.Generator().manual_seed(7))
+    out = BatchAugmenter(policy, backend="opencv")(x, generator=torch.Generator().manual_seed(7))
+
+    # Assert: the warp alone within 1 grey level; uint8 rounding between later stages,
+    # scaled by contrast and gamma, within a few; on average well under one, unbiased
+    diff = out.float() - ref.float()
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert diff.abs().max().item() <= max_diff
+    assert diff.abs().mean().item() < 0.35
+    assert abs(diff.mean().item()) < 0.05
+    assert not torch.equal(out, x)
+
+
+@needs_opencv
+def test_opencv_backend_is_deterministic_whatever_the_threads() -> None:
+    # Prepare
+    policy = Policy(ops=ALL_IMAGE_OPS)
+    x = _smooth(9, 3, 24, 30)
+    aug = BatchAugmenter(policy, backend="opencv")
+    threads = torch.get_num_threads()
+
+    # Execute: 1 thread, then the batch split over 3 threads
+    try:
+        torch.set_num_threads(1)
+        first = aug(x, generator=torch.Generator().manual_seed(4))
+        torch.set_num_threads(3)
+        split = aug(x, generator=torch.Generator().manual_seed(4))
+        other = aug(x, generator=torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(threads)
+
+    empty = aug(x[:0], generator=torch.Generator().manual_seed(4))
+
+    # Assert
+    assert torch.equal(first, split)
+    assert not torch.equal(first, other)
+    assert int(first.min()) >= 0 and int(first.max()) <= 255
+    assert empty.shape == (0, 3, 24, 30) and empty.dtype == torch.uint8
+
+
+def test_auto_backend_picks_opencv_only_for_large_uint8_cpu_images() -> None:
+    # Prepare
+    aug = BatchAugmenter(Policy.default())
+    side = int(np.ceil(np.sqrt(OPENCV_MIN_PIXELS)))
+    large = torch.zeros(2, 3, side, side, dtype=torch.uint8)
+    small = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    on_meta = torch.empty(2, 3, side, side, dtype=torch.uint8, device="meta")  # as a GPU
+
+    # Execute / Assert
+    assert aug.backend_for(large) == ("opencv" if opencv_backend.available() else "torch")
+    assert aug.backend_for(large.float() / 255) == "torch"
+    assert aug.backend_for(small) == "torch"
+    assert aug.backend_for(on_meta) == "torch"
+    assert BatchAugmenter(Policy.default(), backend="torch").backend_for(large) == "torch"
+
+
+@needs_opencv
+def test_opencv_backend_refuses_what_it_cannot_run() -> None:
+    # Prepare
+    aug = BatchAugmenter(Policy.default(), backend="opencv")
+
+    # Execute / Assert
+    assert aug.backend_for(torch.zeros(1, 1, 8, 8, dtype=torch.uint8)) == "opencv"
+    with pytest.raises(DataError, match="needs a uint8 tensor on the CPU"):
+        aug(torch.zeros(2, 3, 8, 8), generator=torch.Generator())
+    with pytest.raises(DataError, match="needs a uint8 tensor on the CPU"):
+        aug.backend_for(torch.empty(2, 3, 8, 8, dtype=torch.uint8, device="meta"))
+    with pytest.raises(ConfigError, match="backend must be one of auto, torch, opencv"):
+        BatchAugmenter(Policy.default(), backend="cv2")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -9,8 +9,9 @@ map (output pixel -> input pixel) as a stack of ``(n, 3, 3)`` homogeneous matric
 pipeline applied forward as ``rotate -> flip -> crop_resize -> affine`` composes as
 ``R @ F @ C @ A`` (see :func:`compose`). :func:`to_normalized` converts the result to the
 ``(n, 2, 3)`` matrix that ``torch.nn.functional.grid_sample`` expects
-(``align_corners=False``), and :func:`warp_affine` is the same bilinear sampling with
-zero padding in numpy. The batched engine (``batched.py``) uses these very matrices, so the
+(``align_corners=False``), :func:`to_pixel` turns that into the pixel-index matrix of
+``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``, and :func:`warp_affine` is
+the same bilinear sampling with zero padding in numpy. The batched engine (``batched.py``) uses these very matrices, so the
 per-image and batched paths share their maths.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "affine_matrix",
     "compose",
     "to_normalized",
+    "to_pixel",
     "warp_affine",
     "luminance_mean",
     "brightness_contrast",
@@ -165,6 +167,23 @@ def to_normalized(matrix: np.ndarray, *, height: int, width: int) -> np.ndarray:
     d = np.array([width / 2.0, height / 2.0, 1.0])
     theta = matrix * d[None, None, :] / d[None, :, None]
     return theta[:, :2, :]
+
+
+def to_pixel(theta: np.ndarray, *, height: int, width: int) -> np.ndarray:
+    """Convert ``(n, 2, 3)`` ``grid_sample`` thetas into pixel-index output-to-input maps.
+
+    Pixel ``(x, y)`` has its centre at integer coordinates, as in OpenCV, and
+    ``align_corners=False`` puts it at centred coordinate ``x - (width - 1) / 2``; so the
+    result ``M`` satisfies ``input = M @ (x, y, 1)`` and is what ``cv2.warpAffine`` takes
+    with ``WARP_INVERSE_MAP``.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    d = np.array([width / 2.0, height / 2.0])
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    out = np.empty(theta.shape, dtype=np.float64)
+    out[:, :, :2] = theta[:, :, :2] * d[None, :, None] / d[None, None, :]
+    out[:, :, 2] = theta[:, :, 2] * d[None, :] + centre - out[:, :, :2] @ centre
+    return out
 
 
 def warp_affine(image: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -459,7 +459,8 @@ def apply_policy(policy: Policy, images: np.ndarray, *, seed: int) -> np.ndarray
         Same policy and seed give the same output. Parameters are drawn exactly as
         ``BatchAugmenter(policy)(x, generator=torch.Generator().manual_seed(seed))``
         draws them, and the per-image maths (:func:`functional.augment_image`) matches
-        the batched engine's within float rounding (at most 1 grey level on ``uint8``).
+        the batched engine's torch backend within float rounding (at most 1 grey level on
+        ``uint8``); its OpenCV backend is within a few grey levels of that.
 
     Returns
     -------
