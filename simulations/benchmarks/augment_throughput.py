@@ -7,14 +7,21 @@ p=0.5, a crop keeping 70-90% of each side resized back, brightness and contrast 
 
 Methods: a plain PIL per-image loop; Albumentations per image, torchvision.transforms.v2 per
 image and kornia on batches (each optional: skipped with a note when not installed); fedaug's
-``BatchAugmenter`` on uint8 batches (256 images at 28x28, 32 at 224x224). Each method gets
+``BatchAugmenter`` on uint8 batches (256 images at 28x28, 32 at 224x224) with its default
+``backend="auto"`` (the backend it picked is reported per input). Each method gets
 pre-built inputs in its own native type (PIL images, numpy arrays, tensors); conversion is
 not timed. Differences: Albumentations' brightness is additive and its contrast scales about
 0; torchvision/kornia's RandomResizedCrop draws area and aspect ratio rather than two
 sides; all are close but not identical pipelines.
 
+Threads: for each count ``t`` in ``--threads`` the script sets both
+``torch.set_num_threads(t)`` and ``cv2.setNumThreads(t)`` (when OpenCV is installed), so
+Albumentations' OpenCV calls and kornia's torch ops get the same threads as fedaug.
+fedaug's OpenCV backend splits each batch into ``torch.get_num_threads()`` chunks on a
+thread pool (OpenCV releases the GIL); its torch backend uses torch's intra-op threads.
+
 Reported: images per second, the median of ``--passes`` interleaved passes (one pass of every
-method in turn, then again), with 1 and 2 torch threads, and fedaug's ratio to the fastest
+method in turn, then again), with 1 and 2 threads, and fedaug's ratio to the fastest
 other method.
 """
 
@@ -194,7 +201,18 @@ def make_fedaug(images: np.ndarray, batch: int) -> Callable[[], None]:
         for i in range(0, len(x), batch):
             aug(x[i : i + batch], generator=gen)
 
+    run.backend = aug.backend_for(x[:batch])  # type: ignore[attr-defined]
     return run
+
+
+def set_threads(n: int) -> None:
+    """Give torch and (when installed) OpenCV the same thread count."""
+    torch.set_num_threads(n)
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(n)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -239,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="2,000 gray and 128 RGB images, 3 passes")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("--passes", type=int, default=None, help="timed passes (default 5, quick 3)")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts (default 1,2)")
+    parser.add_argument("--threads", default="1,2", help="torch and OpenCV thread counts (default 1,2)")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="do not re-exec with the malloc settings")
     args = parser.parse_args(argv)
 
@@ -264,9 +282,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         methods, skipped = build_methods(images, batches[key])
         per_threads = {}
         for t in threads:
-            torch.set_num_threads(t)
+            set_threads(t)
             per_threads[str(t)] = measure(methods, len(images), passes)
-        entry: dict[str, Any] = {"images": len(images), "batch": batches[key], "skipped": skipped}
+        entry: dict[str, Any] = {
+            "images": len(images), "batch": batches[key],
+            "fedaug-backend": getattr(methods["fedaug"], "backend", None), "skipped": skipped,
+        }
         for t, res in per_threads.items():
             others = {k: v for k, v in res.items() if k != "fedaug"}
             best = max(others, key=others.get) if others else None
@@ -284,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"pipeline: {report['pipeline']}\ngray inputs: {source}; median of {passes} interleaved passes"
               f"; malloc tuning {'on' if report['malloc-tuning'] else 'off'}")
         for key, entry in report["inputs"].items():
-            print(f"\n{key} ({entry['images']} images, fedaug batch {entry['batch']})")
+            print(f"\n{key} ({entry['images']} images, fedaug batch {entry['batch']}"
+                  f", backend {entry['fedaug-backend']})")
             names = list(next(iter(entry["threads"].values())))
             print(f"  {'method':<16}" + "".join(f"{t + ' thr img/s':>16}" for t in entry["threads"]))
             for name in names:
