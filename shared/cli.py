@@ -174,10 +174,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                 out_dir=args.out)
     u, f = report["utility"], report["fidelity"]
     print(f"TSTR accuracy {u['tstr']['accuracy']:.3f} (AUC {u['tstr']['roc-auc']:.3f}) vs TRTR "
-          f"{u['trtr']['accuracy']:.3f} (AUC {u['trtr']['roc-auc']:.3f})")
+          f"{u['trtr']['accuracy']:.3f} (AUC {u['trtr']['roc-auc']:.3f}); TSTR with "
+          f"augmentation {u['tstr+augment']['accuracy']:.3f}")
     g = report["augmentation-gain"]
-    print(f"small site ({g['small-site-size']} records): local {g['local']['accuracy']:.3f}, "
-          f"+augment {g['local+augment']['accuracy']:.3f}, +augment+synthetic "
+    print(f"small site ({g['small-site-size']} records, mean of {g['seeds']} seeds): local "
+          f"{g['local']['accuracy']:.3f}, +augment {g['local+augment']['accuracy']:.3f}, "
+          f"pretrained on synthetic + fine-tuned with augment "
           f"{g['local+augment+synthetic']['accuracy']:.3f}")
     print(f"fidelity: Frechet distance {f['frechet-distance']:.3f}, precision "
           f"{f['precision']:.3f}, recall {f['recall']:.3f} ({f['extractor']})")

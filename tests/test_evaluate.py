@@ -88,6 +88,29 @@ def test_same_seed_gives_identical_model_and_other_seed_differs(split):
     assert not np.allclose(a.predict_proba(x_test), c.predict_proba(x_test))
 
 
+def test_fine_tuning_starts_from_init_and_leaves_it_unchanged(split, digits_clf):
+    (x, y), (x_test, y_test) = split
+    before = [p.detach().clone() for p in digits_clf.module.parameters()]
+    # A vanishing learning rate keeps the copy's weights where init's are (BatchNorm's
+    # running statistics do adapt to the new records, as they should)
+    frozen = train_classifier(x[:50], y[:50], num_classes=10, epochs=1, lr=1e-12,
+                              init=digits_clf)
+    for a, b in zip(frozen.module.parameters(), digits_clf.module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=0)
+    assert np.array_equal(frozen.mean, digits_clf.mean)
+    # A real fine-tune moves the copy but never init itself
+    tuned = train_classifier(x[:50], y[:50], num_classes=10, epochs=3, init=digits_clf)
+    assert not np.allclose(tuned.predict_proba(x_test), digits_clf.predict_proba(x_test))
+    for a, b in zip(before, digits_clf.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # and starts far above a fresh network given the same 50 records and steps
+    fresh = train_classifier(x[:50], y[:50], num_classes=10, epochs=3, seed=0)
+    assert (classification_report(tuned, x_test, y_test)["accuracy"]
+            > classification_report(fresh, x_test, y_test)["accuracy"] + 0.2)
+    with pytest.raises(DataError, match="init"):
+        train_classifier(np.repeat(x[:50], 3, axis=-1), y[:50], num_classes=10, init=digits_clf)
+
+
 def test_tstr_equals_trtr_when_synthetic_is_the_real_train_set(split):
     (x, y), (x_test, y_test) = split
 

@@ -28,11 +28,17 @@ def test_evaluate_report_has_every_part_and_writes_files(tmp_path):
                                 steps=2, epochs=1, out_dir=tmp_path / "r")
     # Assert
     assert len(small) == 60 and set(small.labels.tolist()) == set(range(10))
-    assert set(report["utility"]) == {"tstr", "trtr"}
+    assert set(report["utility"]) == {"tstr", "tstr+augment", "trtr"}
     assert report["utility"]["trtr"]["accuracy"] > report["utility"]["tstr"]["accuracy"]
     assert report["fidelity"]["frechet-distance"] > 0
     gain = report["augmentation-gain"]
     assert gain["small-site-size"] == 60 and "local+augment+synthetic" in gain
+    for name in ("local", "local+augment", "local+augment+synthetic"):
+        seeds = gain[name]["accuracy-per-seed"]
+        assert len(seeds) == gain["seeds"] == 3
+        assert gain[name]["accuracy"] == sum(seeds) / 3
+    assert gain["gain-synthetic"] == (gain["local+augment+synthetic"]["accuracy"]
+                                      - gain["local"]["accuracy"])
     assert 0 <= report["privacy-audit"]["membership-inference-auc"] <= 1
     assert json.loads((tmp_path / "r" / "report.json").read_text())["num-synthetic"] == 100
     assert (tmp_path / "r" / "report.png").stat().st_size > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -224,6 +225,7 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     augment: Callable[[np.ndarray], np.ndarray] | None = None,
+    init: Classifier | None = None,
 ) -> Classifier:
     """Train the small CNN with Adam and cross-entropy; fully determined by ``seed``.
 
@@ -251,6 +253,10 @@ def train_classifier(
         Applied to every uint8 training batch (n, H, W, C) before it is used and must return
         a uint8 array of the same shape. It owns its randomness: seed it yourself (for
         example a closure over a seeded ``np.random.Generator``) to replay a run.
+    init : Classifier, optional
+        Fine-tune a copy of this trained classifier (its weights and input normalisation)
+        instead of starting from scratch; ``init`` itself is left unchanged. This is how a
+        site uses synthetic data: pretrain on it, then fine-tune on its own records.
 
     Returns
     -------
@@ -270,15 +276,25 @@ def train_classifier(
     _positive("lr", float(lr) if isinstance(lr, int | float) else lr, kind=float)
 
     gen = torch.Generator().manual_seed(int(seed))
-    module = _SmallCNN(
-        images.shape[-1],
-        num_classes,
-        strided_stem=min(images.shape[1:3]) >= _STRIDED_STEM_SIDE,
-    )
-    module.reset_parameters(gen)
-    pixels = images.astype(np.float32) / 255.0
-    mean = pixels.mean(axis=(0, 1, 2))
-    std = np.maximum(pixels.std(axis=(0, 1, 2)), 1e-3)
+    if init is not None:
+        if init.image_shape != tuple(images.shape[1:]) or init.num_classes != num_classes:
+            raise DataError(
+                "`init` was trained on another image shape or number of classes.",
+                value=f"{init.image_shape}, {init.num_classes} classes",
+                fix="fine-tune on images and labels like the ones `init` was trained on.",
+            )
+        module = copy.deepcopy(init.module)
+        mean, std = init.mean, init.std
+    else:
+        module = _SmallCNN(
+            images.shape[-1],
+            num_classes,
+            strided_stem=min(images.shape[1:3]) >= _STRIDED_STEM_SIDE,
+        )
+        module.reset_parameters(gen)
+        pixels = images.astype(np.float32) / 255.0
+        mean = pixels.mean(axis=(0, 1, 2))
+        std = np.maximum(pixels.std(axis=(0, 1, 2)), 1e-3)
     clf = Classifier(
         module,
         image_shape=images.shape[1:],
@@ -287,7 +303,8 @@ def train_classifier(
         num_classes=num_classes,
         description=(
             f"small CNN {_WIDTHS} penultimate features (D={_WIDTHS[-1]}), "
-            f"trained {epochs} epochs on {len(images)} images (seed {seed})"
+            f"{'fine-tuned' if init is not None else 'trained'} {epochs} epochs on "
+            f"{len(images)} images (seed {seed})"
         ),
     )
     optimizer = torch.optim.Adam(module.parameters(), lr=float(lr))
