@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     run = RunConfig()
     q = args.quick
     t0 = time.perf_counter()
-    train = bench_training(run, steps=3 if q else 10, batch=64)
+    train = bench_training(run, steps=3 if q else 30, batch=64)
     pneumonia = None
     if _pneumonia_path().exists():  # the quality scenario's 28x28 images, when beside us
         pneu = load_medmnist(_pneumonia_path(), split="train")
-        pneumonia = bench_training(run, steps=2 if q else 5, batch=64, data=pneu)
+        pneumonia = bench_training(run, steps=2 if q else 10, batch=64, data=pneu)
     sampling = bench_sampling(run, train_steps=100 if q else 1500, n=20 if q else 200,
                               ddim_steps=run.sample_steps)
     small = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads)
