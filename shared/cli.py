@@ -281,8 +281,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate", help="does the global generator help? utility, fidelity, privacy",
         description="Train a small CNN on synthetic samples only and test it on the real test "
-        "split (TSTR) next to the same CNN on the real training split (TRTR); the gain for a "
-        "small site from augmentation and from synthetic samples; Frechet distance and "
+        "split (TSTR), also with the augmentation policy, next to the same CNN on the real "
+        "training split (TRTR); the gain for a small site (mean of 3 seeds) from "
+        "augmentation and from pretraining on the synthetic samples before fine-tuning on "
+        "its records; Frechet distance and "
         "precision/recall in the real-data CNN's feature space; the privacy audit. Writes "
         "report.json and report.png into --out.")
     ev.add_argument("--model", required=True, help="global model folder")
