@@ -78,6 +78,18 @@ def test_hooks_refuse_a_layer_they_cannot_split_per_example():
         PerExampleGrads(unet)
 
 
+def test_hooks_give_a_layer_the_forward_never_calls_a_zero_gradient():
+    unet, sched = _model()
+    unet.add_module("unused", torch.nn.Linear(3, 2))
+    x0, y, noise, t = _draws(b=2, k=2)
+    hooks = PerExampleGrads(unet)
+    grads, _ = hooks(x0, y, noise, t, sched.alphas_cumprod.float())
+    hooks.close()
+    assert grads["unused.weight"].shape == (2, 2, 3)
+    assert not grads["unused.weight"].any() and not grads["unused.bias"].any()
+    assert grads["conv_in.weight"].any()
+
+
 def test_flat_dp_optimizer_matches_opacus_dpoptimizer():
     # Prepare: the same per-example gradients for Opacus's DPOptimizer and ours
     unet, sched = _model()

@@ -64,7 +64,8 @@ class PerExampleGrads:
             if not isinstance(module, _SUPPORTED):
                 raise ValueError(
                     f"per-example gradients by hooks do not support {type(module).__name__} "
-                    f"({name!r}); use per_sample_method='vmap'")
+                    f"({name!r}); shared.generator.train.per_example_grads (vmap) handles "
+                    "any layer, at about twice the cost")
             if isinstance(module, nn.Conv2d) and (module.groups != 1
                                                   or module.padding_mode != "zeros"):
                 raise ValueError(f"conv {name!r} has groups={module.groups}, padding_mode="
@@ -108,7 +109,11 @@ class PerExampleGrads:
             for k, v in g.items():
                 out[names[k]].append(v)
             losses.append(loss)
-        return {k: torch.cat(v) for k, v in out.items()}, torch.cat(losses)
+        params = {f"{n}.{pn}": p for n, m in self._layers
+                  for pn, p in m.named_parameters(recurse=False)}
+        # a parameter no layer call touched (an unused branch) has a zero gradient
+        return {k: torch.cat(v) if v else x0.new_zeros((x0.shape[0], *params[k].shape))
+                for k, v in out.items()}, torch.cat(losses)
 
     def _chunk(self, x0, labels, noise, t, alphas, prediction_type):
         b, k = t.shape
