@@ -161,6 +161,7 @@ def test_train_dp_changes_weights_and_counts_steps():
     assert np.isfinite(out.loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
     assert all(getattr(p, "grad_sample", None) is None for p in unet.parameters())
+    assert not any(m._forward_hooks for m in unet.modules())  # the hooks are removed
 
 
 def test_sample_shape_and_range():

@@ -262,37 +262,39 @@ def train_dp(
     per_example = PerExampleGrads(unet)
     unet.train()
     done, seen, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
-    while done < steps:
-        for xb, yb in loader:
-            if done >= steps:
-                break
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            if xb.shape[0] == 0:  # an empty Poisson batch: a zero gradient, noise still added
-                for p in params:
-                    p.grad_sample = torch.zeros((1, *p.shape), device=device)
-                batch_loss = float("nan")
-            else:
-                b, k = xb.shape[0], noise_multiplicity
-                x0 = _draw_views(xb, k, augment, torch_gen_dev)
-                noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
-                t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
-                grads, losses = per_example(x0, yb, noise, t, alphas,
-                                            prediction_type=prediction)
-                for name, p in zip(names, params, strict=True):
-                    p.grad_sample = grads[name]
-                batch_loss = float(losses.mean())
-                seen += b
-            optimizer.step()
-            done += 1
-            if batch_loss == batch_loss:  # not NaN
-                loss_sum += batch_loss
-            if progress is not None:
-                progress(done, batch_loss)
-    per_example.close()
-    for p in params:
-        p.grad_sample = None
-        p.grad = None
+    try:
+        while done < steps:
+            for xb, yb in loader:
+                if done >= steps:
+                    break
+                xb, yb = xb.to(device), yb.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                if xb.shape[0] == 0:  # an empty Poisson batch: a zero gradient, noise still added
+                    for p in params:
+                        p.grad_sample = torch.zeros((1, *p.shape), device=device)
+                    batch_loss = float("nan")
+                else:
+                    b, k = xb.shape[0], noise_multiplicity
+                    x0 = _draw_views(xb, k, augment, torch_gen_dev)
+                    noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
+                    t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
+                    grads, losses = per_example(x0, yb, noise, t, alphas,
+                                                prediction_type=prediction)
+                    for name, p in zip(names, params, strict=True):
+                        p.grad_sample = grads[name]
+                    batch_loss = float(losses.mean())
+                    seen += b
+                optimizer.step()
+                done += 1
+                if batch_loss == batch_loss:  # not NaN
+                    loss_sum += batch_loss
+                if progress is not None:
+                    progress(done, batch_loss)
+    finally:  # the hooks and per-example gradients never outlive this call
+        per_example.close()
+        for p in params:
+            p.grad_sample = None
+            p.grad = None
     return TrainOutcome(steps=done, loss=loss_sum / max(done, 1),
                         seconds=time.perf_counter() - t0, examples_seen=seen,
                         optimizer_state=plain_optimizer.state_dict())
