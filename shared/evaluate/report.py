@@ -17,7 +17,7 @@ from shared.atomic import atomic_write_bytes, atomic_write_json
 from shared.augment import Policy, apply_policy
 from shared.config import DEFAULT_SAMPLE_STEPS
 from shared.data import ImageDataset
-from shared.evaluate.classifier import classification_report, train_classifier
+from shared.evaluate.classifier import Classifier, classification_report, train_classifier
 from shared.evaluate.fidelity import fidelity_report
 from shared.evaluate.privacy_audit import loss_threshold_attack, memorization_report
 from shared.generator import load_generator, make_grid, sample_images, to_uint8
@@ -122,7 +122,8 @@ SMALL_SITE_SEEDS = 3
 
 
 def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndarray,
-                    syn_y: np.ndarray, *, pretrained: Any = None, policy: Policy | None = None,
+                    syn_y: np.ndarray, *, pretrained: Classifier | None = None,
+                    policy: Policy | None = None,
                     seed: int = 0, epochs: int = 8) -> dict[str, Any]:
     """What the federation's synthetic data is worth to one small site.
 
