@@ -90,14 +90,17 @@ def test_hooks_give_a_layer_the_forward_never_calls_a_zero_gradient():
     assert grads["conv_in.weight"].any()
 
 
+def _reference_grads(b: int, k: int, seed: int):
+    """Per-example gradients (vmap reference) of a fresh model, its parameters and names."""
+    unet, sched = _model()
+    x0, y, noise, t = _draws(b=b, k=k, seed=seed)
+    grads, _ = per_example_grads(unet, x0, y, noise, t, sched.alphas_cumprod.float())
+    return grads, list(unet.parameters()), [n for n, _ in unet.named_parameters()]
+
+
 def test_flat_dp_optimizer_matches_opacus_dpoptimizer():
     # Prepare: the same per-example gradients for Opacus's DPOptimizer and ours
-    unet, sched = _model()
-    alphas = sched.alphas_cumprod.float()
-    x0, y, noise, t = _draws(b=6, k=2, seed=3)
-    grads, _ = per_example_grads(unet, x0, y, noise, t, alphas)
-    params = list(unet.parameters())
-    names = [n for n, _ in unet.named_parameters()]
+    grads, params, names = _reference_grads(b=6, k=2, seed=3)
     norms = torch.stack([torch.cat([grads[n][i].flatten() for n in names]).norm()
                          for i in range(6)])
     clip = float(norms.median())  # half the examples are clipped, half are not
@@ -124,12 +127,7 @@ def test_flat_dp_optimizer_matches_opacus_dpoptimizer():
 
 def test_clipping_is_per_example_not_per_draw():
     # Prepare: per-example gradients of K=4 draws, handed to Opacus's DPOptimizer, no noise
-    unet, sched = _model()
-    alphas = sched.alphas_cumprod.float()
-    x0, y, noise, t = _draws(b=5, k=4, seed=1)
-    grads, _ = per_example_grads(unet, x0, y, noise, t, alphas)
-    params = list(unet.parameters())
-    names = [n for n, _ in unet.named_parameters()]
+    grads, params, names = _reference_grads(b=5, k=4, seed=1)
     clip = 1e-3  # far below every per-example norm: each example contributes exactly C
     opt = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
                       expected_batch_size=5)

@@ -75,6 +75,9 @@ class PerExampleGrads:
                 raise ValueError(f"embedding {name!r} has padding_idx or max_norm; "
                                  "hooks need a plain lookup table")
             self._layers.append((name, module))
+        #: "layer.param" name -> parameter, for every parameter the hooks cover
+        self._params = {f"{n}.{pn}": p for n, m in self._layers
+                        for pn, p in m.named_parameters(recurse=False)}
         self._records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] | None = None
         self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self._layers]
 
@@ -99,9 +102,8 @@ class PerExampleGrads:
         ``x0``/``noise`` are ``(B, K, C, H, W)``, ``t`` is ``(B, K)``; returns
         ``{name: (B, *param.shape)}`` and the ``(B,)`` K-averaged losses.
         """
-        names = {id(p): f"{n}.{pn}" for n, m in self._layers
-                 for pn, p in m.named_parameters(recurse=False)}
-        out: dict[str, list[torch.Tensor]] = {n: [] for n in names.values()}
+        names = {id(p): name for name, p in self._params.items()}
+        out: dict[str, list[torch.Tensor]] = {n: [] for n in self._params}
         losses = []
         for s in range(0, x0.shape[0], chunk):
             g, loss = self._chunk(x0[s:s + chunk], labels[s:s + chunk], noise[s:s + chunk],
@@ -109,10 +111,8 @@ class PerExampleGrads:
             for k, v in g.items():
                 out[names[k]].append(v)
             losses.append(loss)
-        params = {f"{n}.{pn}": p for n, m in self._layers
-                  for pn, p in m.named_parameters(recurse=False)}
         # a parameter no layer call touched (an unused branch) has a zero gradient
-        return {k: torch.cat(v) if v else x0.new_zeros((x0.shape[0], *params[k].shape))
+        return {k: torch.cat(v) if v else x0.new_zeros((x0.shape[0], *self._params[k].shape))
                 for k, v in out.items()}, torch.cat(losses)
 
     def _chunk(self, x0, labels, noise, t, alphas, prediction_type):
