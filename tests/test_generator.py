@@ -23,7 +23,7 @@ from shared.generator import (
 )
 from shared.generator.generate import generate_to_folder
 from shared.generator.persample import PerExampleGrads
-from shared.generator.train import _DPOptimizer
+from shared.generator.train import noisy_mean_gradient
 
 CFG = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16))
 
@@ -98,29 +98,43 @@ def _reference_grads(b: int, k: int, seed: int):
     return grads, list(unet.parameters()), [n for n, _ in unet.named_parameters()]
 
 
-def test_flat_dp_optimizer_matches_opacus_dpoptimizer():
-    # Prepare: the same per-example gradients for Opacus's DPOptimizer and ours
-    grads, params, names = _reference_grads(b=6, k=2, seed=3)
+@pytest.mark.parametrize("pad_to", [1, 4])
+def test_clipped_sum_and_noise_match_opacus_dpoptimizer(pad_to):
+    # Prepare: Opacus's DPOptimizer on the vmap reference per-example gradients, no noise
+    unet, sched = _model()
+    alphas = sched.alphas_cumprod.float()
+    x0, y, noise, t = _draws(b=6, k=2, seed=3)
+    grads, _ = per_example_grads(unet, x0, y, noise, t, alphas)
+    names, params = zip(*unet.named_parameters(), strict=True)
     norms = torch.stack([torch.cat([grads[n][i].flatten() for n in names]).norm()
                          for i in range(6)])
     clip = float(norms.median())  # half the examples are clipped, half are not
-
-    def step(cls, sigma):
-        opt = cls(torch.optim.SGD(params, lr=0.0), noise_multiplier=sigma, max_grad_norm=clip,
-                  expected_batch_size=6, generator=torch.Generator().manual_seed(0))
-        for n, p in zip(names, params, strict=True):
-            p.grad_sample = grads[n].clone()
-        opt.step()
-        out = torch.cat([p.grad.flatten() for p in params]).clone()
-        opt.zero_grad()
-        return out
-
-    # Execute / Assert: without noise, the same clipped mean
-    torch.testing.assert_close(step(_DPOptimizer, 0.0), step(DPOptimizer, 0.0),
-                               atol=1e-8, rtol=1e-5)
+    opt = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0,
+                      max_grad_norm=clip, expected_batch_size=6)
+    for n, p in zip(names, params, strict=True):
+        p.grad_sample = grads[n].clone()
+    opt.step()
+    expected = torch.cat([p.grad.flatten() for p in params]).clone()
+    opt.zero_grad()
+    # Execute: the hooks' clipped sum in two chunks (with pad_to 4: two padding rows), then
+    # the Gaussian mechanism
+    hooks = PerExampleGrads(unet)
+    summed, losses, our_norms = hooks.clipped_sum(x0, y, noise, t, alphas, max_grad_norm=clip,
+                                                  chunk=4, pad_to=pad_to)
+    hooks.close()
+    parts = [summed[n] for n in names]
+    clean = torch.cat([g.flatten() for g in noisy_mean_gradient(
+        parts, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=6)])
+    # Assert: without noise, the same clipped mean; one norm and one loss per real example
+    torch.testing.assert_close(clean, expected, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(our_norms, norms, atol=1e-6, rtol=1e-4)
+    assert losses.shape == (6,)
     # with noise, the same noise scale sigma * C / B on every coordinate
     sigma = 2.0
-    residual = step(_DPOptimizer, sigma) - step(_DPOptimizer, 0.0)
+    noisy = torch.cat([g.flatten() for g in noisy_mean_gradient(
+        parts, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=6,
+        generator=torch.Generator().manual_seed(0))])
+    residual = noisy - clean
     assert float(residual.std()) == pytest.approx(sigma * clip / 6, rel=0.03)
     assert abs(float(residual.mean())) < 0.03 * sigma * clip / 6
 

@@ -9,15 +9,16 @@ with respect to each layer's *output* (autograd skips the batched weight gradien
 nobody asked for), and each example's parameter gradient is an einsum of the layer's input
 with that output gradient, summed over the example's ``K`` rows:
 
-* ``Conv2d``: one grouped weight-gradient convolution (examples as groups, their ``K`` rows
-  as its batch);
+* ``Conv2d``: one grouped weight-gradient convolution (examples as groups, their ``K``
+  draws as its batch);
 * ``Linear``: input against output gradient;
 * ``GroupNorm``: the re-normalised input times the output gradient, summed over positions;
 * ``Embedding``: the output gradient scattered into the looked-up rows.
 
-Rows ``b * K .. b * K + K - 1`` belong to example ``b``; the loss of a row is its mean
-squared error divided by ``K``, so the sum over an example's rows is the gradient of the
-example's K-averaged loss (DP-NOTES trap 2): the sensitivity stays one example.
+Rows are draw-major (row ``j * B + i`` is draw ``j`` of example ``i``), so the ``K`` draws
+are a free view as the grouped convolution's batch; the loss of a row is its mean squared
+error divided by ``K``, so the sum over an example's rows is the gradient of the example's
+K-averaged loss (DP-NOTES trap 2): the sensitivity stays one example.
 
 This is exact only when rows do not interact in the forward pass (no BatchNorm, no
 attention across the batch) and every parameter lives in one of the four layer types
@@ -115,17 +116,62 @@ class PerExampleGrads:
         return {k: torch.cat(v) if v else x0.new_zeros((x0.shape[0], *self._params[k].shape))
                 for k, v in out.items()}, torch.cat(losses)
 
+    def clipped_sum(self, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+                    t: torch.Tensor, alphas_cumprod: torch.Tensor, *, max_grad_norm: float,
+                    prediction_type: str = "epsilon", chunk: int = 256, pad_to: int = 1
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The sum over examples of each example's gradient clipped to ``max_grad_norm``.
+
+        Clipping is per example, so it is done chunk by chunk: the per-example gradients of
+        one chunk live only until their norms and their weighted sum are taken, and the
+        ``(B, P)`` matrix of the whole batch is never built (at 8x8 copying it cost as much
+        as the backward pass). The clip factor is Opacus's:
+        ``min(1, C / (||g_b|| + 1e-6))``.
+
+        ``pad_to`` > 1 pads the batch with all-zero rows to a multiple of it; a padding row's
+        clip factor is zero, so it adds nothing (rows never interact, see the class). Poisson
+        batches change size every step, and oneDNN builds new convolution kernels for every
+        new shape: on 2 CPU cores that made a 64-example step 1.3-1.5x slower than one of a
+        fixed size; a few padded sizes are reused instead.
+
+        Returns ``{name: summed clipped gradient (param.shape)}``, the ``(B,)`` K-averaged
+        losses and the ``(B,)`` unclipped per-example gradient norms.
+        """
+        real = x0.shape[0]
+        extra = -real % pad_to
+        if extra:
+            x0, noise, t = (torch.cat([v, v.new_zeros((extra, *v.shape[1:]))])
+                            for v in (x0, noise, t))
+            labels = torch.cat([labels, labels.new_zeros(extra)])
+        names = {id(p): name for name, p in self._params.items()}
+        summed = {name: torch.zeros_like(p) for name, p in self._params.items()}
+        losses, norms = [], []
+        for s in range(0, x0.shape[0], chunk):
+            g, loss = self._chunk(x0[s:s + chunk], labels[s:s + chunk], noise[s:s + chunk],
+                                  t[s:s + chunk], alphas_cumprod, prediction_type)
+            b = loss.shape[0]
+            flat = [v.reshape(b, -1) for v in g.values()]
+            norm = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in flat]).norm(dim=0)
+            factor = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+            factor[max(0, real - s):] = 0.0  # padding rows
+            for pid, v in zip(g, flat, strict=True):
+                summed[names[pid]] += (factor @ v).view_as(summed[names[pid]])
+            losses.append(loss)
+            norms.append(norm)
+        return summed, torch.cat(losses)[:real], torch.cat(norms)[:real]
+
     def _chunk(self, x0, labels, noise, t, alphas, prediction_type):
         b, k = t.shape
-        rows = x0.reshape(b * k, *x0.shape[2:])
-        eps = noise.reshape(b * k, *noise.shape[2:])
-        tr = t.reshape(-1)
+        # draw-major rows: row j * b + i is draw j of example i
+        rows = x0.transpose(0, 1).reshape(k * b, *x0.shape[2:])
+        eps = noise.transpose(0, 1).reshape(k * b, *noise.shape[2:])
+        tr = t.transpose(0, 1).reshape(-1)
         a = alphas[tr].view(-1, 1, 1, 1)
         noisy = a.sqrt() * rows + (1 - a).sqrt() * eps
         self._records = []
         try:
             with torch.enable_grad():
-                pred = self.unet(noisy, tr, class_labels=labels.repeat_interleave(k)).sample
+                pred = self.unet(noisy, tr, class_labels=labels.repeat(k)).sample
                 target = rows if prediction_type == "sample" else eps
                 row_loss = ((pred - target) ** 2).flatten(1).mean(1)
                 outputs = [r[3] for r in self._records]
@@ -136,53 +182,54 @@ class PerExampleGrads:
         for (_, module, inp, _out), g in zip(records, grads_out, strict=True):
             for p, v in _layer_grads(module, inp, g.detach(), b, k):
                 acc[id(p)] = acc[id(p)] + v if id(p) in acc else v
-        return acc, row_loss.detach().view(b, k).mean(1)
+        return acc, row_loss.detach().view(k, b).mean(0)
 
 
 def _layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, b: int, k: int):
-    """Yield ``(param, per-example grad (B, *param.shape))`` for one layer call."""
+    """Yield ``(param, per-example grad (B, *param.shape))`` for one layer call whose input
+    ``a`` and output gradient ``g`` have draw-major rows (row ``j * B + i``: draw j of
+    example i)."""
     if isinstance(module, nn.Conv2d):
-        # The K rows of an example become the convolution's batch and the B examples its
-        # groups: one grouped weight-gradient call sums each example's rows and keeps the
-        # examples apart (as fast here as the plain batched weight gradient).
         _, cin, h, w = a.shape
         cout, h2, w2 = g.shape[1:]
-        ai = a.reshape(b, k, cin, h, w).transpose(0, 1).reshape(k, b * cin, h, w)
-        gi = g.reshape(b, k, cout, h2, w2).transpose(0, 1).reshape(k, b * cout, h2, w2)
         if module.weight.requires_grad and module.kernel_size == (1, 1) and \
                 module.stride == (1, 1) and module.padding == (0, 0):
             # a 1x1 convolution is a linear map over channels (grouped 1x1 weight
             # gradients take a slow per-group path on CPU)
-            wg = torch.einsum("bkol,bkcl->boc", g.reshape(b, k, cout, -1),
-                              a.reshape(b, k, cin, -1))
+            wg = torch.einsum("kbol,kbcl->boc", g.reshape(k, b, cout, -1),
+                              a.reshape(k, b, cin, -1))
             yield module.weight, wg.reshape(b, *module.weight.shape)
         elif module.weight.requires_grad:
-            wg = torch.nn.grad.conv2d_weight(ai, (b * cout, *module.weight.shape[1:]), gi,
-                                             stride=module.stride, padding=module.padding,
-                                             dilation=module.dilation, groups=b)
+            # The K draws are the convolution's batch and the B examples its groups (a free
+            # view of draw-major rows): one grouped weight-gradient call sums each example's
+            # draws and keeps the examples apart, as fast here as the plain weight gradient.
+            wg = torch.nn.grad.conv2d_weight(
+                a.reshape(k, b * cin, h, w), (b * cout, *module.weight.shape[1:]),
+                g.reshape(k, b * cout, h2, w2), stride=module.stride, padding=module.padding,
+                dilation=module.dilation, groups=b)
             yield module.weight, wg.view(b, *module.weight.shape)
         if module.bias is not None and module.bias.requires_grad:
-            yield module.bias, g.reshape(b, k, cout, -1).sum(dim=(1, 3))
+            yield module.bias, g.reshape(k, b, cout, -1).sum(dim=(0, 3))
     elif isinstance(module, nn.Linear):
-        ai = a.reshape(b, -1, a.shape[-1])
-        go = g.reshape(b, -1, g.shape[-1])
+        ai = a.reshape(k, b, -1, a.shape[-1])
+        go = g.reshape(k, b, -1, g.shape[-1])
         if module.weight.requires_grad:
-            yield module.weight, torch.einsum("bno,bni->boi", go, ai)
+            yield module.weight, torch.einsum("kbno,kbni->boi", go, ai)
         if module.bias is not None and module.bias.requires_grad:
-            yield module.bias, go.sum(1)
+            yield module.bias, go.sum(dim=(0, 2))
     elif isinstance(module, nn.GroupNorm):
         xhat = F.group_norm(a, module.num_groups, None, None, module.eps)
         c = a.shape[1]
         if module.weight is not None and module.weight.requires_grad:
-            yield module.weight, (g * xhat).view(b, k, c, -1).sum(dim=(1, 3))
+            yield module.weight, (g * xhat).view(k, b, c, -1).sum(dim=(0, 3))
         if module.bias is not None and module.bias.requires_grad:
-            yield module.bias, g.reshape(b, k, c, -1).sum(dim=(1, 3))
+            yield module.bias, g.reshape(k, b, c, -1).sum(dim=(0, 3))
     elif isinstance(module, nn.Embedding):
         if module.weight.requires_grad:
-            idx = a.reshape(b, -1)
-            go = g.reshape(b, idx.shape[1], -1)
+            idx = a.reshape(k, b, -1)
+            go = g.reshape(k, b, idx.shape[2], -1)
             w = torch.zeros((b, *module.weight.shape), dtype=g.dtype, device=g.device)
-            rows = torch.arange(b, device=g.device).unsqueeze(1).expand_as(idx)
+            rows = torch.arange(b, device=g.device).view(1, b, 1).expand_as(idx)
             w.index_put_((rows.reshape(-1), idx.reshape(-1)), go.reshape(-1, go.shape[-1]),
                          accumulate=True)
             yield module.weight, w

@@ -1,13 +1,14 @@
 """DP-SGD training of the generator: exact per-example gradients with noise multiplicity.
 
 One example's loss is the mean over ``K`` (augmented view, diffusion noise, timestep) draws
-of that example; its gradient comes from :class:`~shared.generator.persample.PerExampleGrads`
-(layer hooks, one batched backward pass) and is handed to Opacus's ``DPOptimizer`` as
-``grad_sample``, which clips each *example* to ``C``, sums, adds Gaussian noise and divides
-by the expected batch size. Sensitivity stays one example whatever ``K`` is (DP-NOTES
-trap 2), and no hook-based per-sample gradient runs after an attention block (trap 1: our
-UNet has none). :func:`per_example_grads` (``torch.func.vmap(grad(...))``) is the
-independent reference the tests hold the hooks to.
+of that example; :meth:`~shared.generator.persample.PerExampleGrads.clipped_sum` (layer
+hooks, one batched backward pass per chunk) clips each *example's* gradient to ``C`` and
+sums them, and :func:`noisy_mean_gradient` adds Gaussian noise and divides by the expected
+batch size: the arithmetic of Opacus's ``DPOptimizer``, which a test holds it to. Batches
+come from Opacus's Poisson ``DPDataLoader``. Sensitivity stays one example whatever ``K``
+is (DP-NOTES trap 2), and no hook-based per-sample gradient runs after an attention block
+(trap 1: our UNet has none). :func:`per_example_grads` (``torch.func.vmap(grad(...))``) is
+the independent reference the tests hold the hooks to.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from shared.generator.persample import PerExampleGrads
 
-__all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss", "per_example_grads",
-           "secure_noise_generator"]
+__all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss",
+           "per_example_grads", "noisy_mean_gradient", "secure_noise_generator"]
 
 #: A batch augmenter: float images (N, C, H, W) in [0, 1] -> same, drawing from the generator.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -47,52 +46,28 @@ class TrainOutcome:
     optimizer_state: dict | None = None
 
 
-class _DPOptimizer(DPOptimizer):
-    """Opacus's DPOptimizer, with clipping, noise and scaling done on one flat vector.
+def noisy_mean_gradient(summed: list[torch.Tensor], *, noise_multiplier: float,
+                        max_grad_norm: float, expected_batch_size: int,
+                        generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The Gaussian mechanism on a sum of clipped per-example gradients.
 
-    Same mechanism, same order (clip each example to ``C``, sum, add
-    ``N(0, (sigma * C)^2)`` to every coordinate, divide by the expected batch size); only
-    the bookkeeping differs: Opacus 1.6 runs a handful of small ops per parameter tensor
-    and re-counts ``accumulated_iterations`` (a loop over all parameters) once per
-    parameter, which was a third of a DP step on our 105-tensor UNet. Here each step is a
-    few ops on a ``(B, P)`` matrix. A test holds it to Opacus's DPOptimizer.
+    What Opacus's ``DPOptimizer`` does after clipping (``add_noise`` then ``scale_grad``):
+    add ``N(0, (sigma * C)^2)`` to every coordinate and divide by the expected batch size,
+    so an empty Poisson batch still gets its noise. One normal draw covers all tensors (Opacus
+    1.6 draws per tensor and re-counts its accumulated iterations once per tensor, which was
+    a third of a DP step on our 105-tensor UNet). A test holds the two to the same result.
     """
-
-    def clip_and_accumulate(self) -> None:
-        samples = self.grad_samples
-        b = len(samples[0])
-        flat = torch.cat([g.reshape(b, -1).to(p.dtype)
-                          for g, p in zip(samples, self.params, strict=True)], dim=1)
-        norms = flat.norm(2, dim=1)
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        summed = factor @ flat if b else flat.new_zeros(flat.shape[1])
-        offset = 0
-        for p in self.params:
-            _check_processed_flag(p.grad_sample)
-            part = summed[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-            p.summed_grad = part if p.summed_grad is None else p.summed_grad + part
-            _mark_as_processed(p.grad_sample)
-
-    def add_noise(self) -> None:
-        total = sum(p.numel() for p in self.params)
-        ref = self.params[0]
-        std = self.noise_multiplier * self.max_grad_norm
-        noise = (torch.normal(0.0, std, (total,), device=ref.device, dtype=ref.dtype,
-                              generator=self.generator) if std > 0 else
-                 torch.zeros(total, device=ref.device, dtype=ref.dtype))
-        offset = 0
-        for p in self.params:
-            _check_processed_flag(p.summed_grad)
-            p.grad = (p.summed_grad + noise[offset:offset + p.numel()].view_as(p)).view_as(p)
-            offset += p.numel()
-            _mark_as_processed(p.summed_grad)
-
-    def scale_grad(self) -> None:
-        if self.loss_reduction == "mean":
-            scale = self.expected_batch_size * self.accumulated_iterations
-            for p in self.params:
-                p.grad /= scale
+    ref = summed[0]
+    total = sum(t.numel() for t in summed)
+    std = noise_multiplier * max_grad_norm
+    noise = (torch.normal(0.0, std, (total,), device=ref.device, dtype=ref.dtype,
+                          generator=generator) if std > 0 else None)
+    out, offset = [], 0
+    for t in summed:
+        g = t if noise is None else t + noise[offset:offset + t.numel()].view_as(t)
+        out.append(g / expected_batch_size)
+        offset += t.numel()
+    return out
 
 
 def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
@@ -236,20 +211,14 @@ def train_dp(
                 group["lr"] = learning_rate
         except (ValueError, KeyError, RuntimeError):
             optimizer = torch.optim.Adam(unet.parameters(), lr=learning_rate)
-    plain_optimizer = optimizer
-    # What PrivacyEngine.make_private(poisson_sampling=True, grad_sample_mode="no_op") builds,
-    # minus the model wrapper (gradients come from PerExampleGrads) and the engine's own
-    # accountant (the site's ledger does the accounting, over every run).
+    # The data side of PrivacyEngine.make_private(poisson_sampling=True): Opacus's Poisson
+    # loader. Clipping comes from PerExampleGrads.clipped_sum, noise from
+    # noisy_mean_gradient; the site's ledger (not an engine accountant) does the accounting.
     loader = DPDataLoader.from_data_loader(loader, generator=gen)
-    optimizer = _DPOptimizer(
-        optimizer,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=int(n / len(loader)),
-        loss_reduction="mean",
-        generator=secure_noise_generator(device),
-        secure_mode=False,
-    )
+    expected_batch_size = int(n / len(loader))  # as make_private sets it
+    # Poisson batches vary in size: pad them to a few sizes (see PerExampleGrads.clipped_sum)
+    pad_to = 1 if len(loader) == 1 else 2 ** int(math.log2(max(1, expected_batch_size // 8)))
+    noise_gen = secure_noise_generator(device)
     # q = 1 / len(loader), as Opacus computes it; the ledger records the same q.
     actual_q = 1 / len(loader)
     if abs(actual_q - sample_rate) > 1e-9:
@@ -257,9 +226,8 @@ def train_dp(
     alphas = _alphas(scheduler, device)
     prediction = scheduler.config.prediction_type
     t_max = scheduler.config.num_train_timesteps
-    params = [p for p in unet.parameters() if p.requires_grad]
-    names = [k for k, p in unet.named_parameters() if p.requires_grad]
     per_example = PerExampleGrads(unet)
+    named = [(k, p) for k, p in unet.named_parameters() if p.requires_grad]
     unet.train()
     done, seen, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
     try:
@@ -268,36 +236,39 @@ def train_dp(
                 if done >= steps:
                     break
                 xb, yb = xb.to(device), yb.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                if xb.shape[0] == 0:  # an empty Poisson batch: a zero gradient, noise still added
-                    for p in params:
-                        p.grad_sample = torch.zeros((1, *p.shape), device=device)
+                if xb.shape[0] == 0:  # an empty Poisson batch: a zero sum, noise still added
+                    summed = {k: torch.zeros_like(p) for k, p in named}
                     batch_loss = float("nan")
                 else:
                     b, k = xb.shape[0], noise_multiplicity
                     x0 = _draw_views(xb, k, augment, torch_gen_dev)
                     noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
                     t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
-                    grads, losses = per_example(x0, yb, noise, t, alphas,
-                                                prediction_type=prediction)
-                    for name, p in zip(names, params, strict=True):
-                        p.grad_sample = grads[name]
+                    summed, losses, _ = per_example.clipped_sum(
+                        x0, yb, noise, t, alphas, max_grad_norm=max_grad_norm,
+                        prediction_type=prediction, pad_to=pad_to)
                     batch_loss = float(losses.mean())
                     seen += b
+                grads = noisy_mean_gradient([summed[k] for k, _ in named],
+                                            noise_multiplier=noise_multiplier,
+                                            max_grad_norm=max_grad_norm,
+                                            expected_batch_size=expected_batch_size,
+                                            generator=noise_gen)
+                for (_, p), g in zip(named, grads, strict=True):
+                    p.grad = g
                 optimizer.step()
                 done += 1
                 if batch_loss == batch_loss:  # not NaN
                     loss_sum += batch_loss
                 if progress is not None:
                     progress(done, batch_loss)
-    finally:  # the hooks and per-example gradients never outlive this call
+    finally:  # the hooks never outlive this call
         per_example.close()
-        for p in params:
-            p.grad_sample = None
+        for _, p in named:
             p.grad = None
     return TrainOutcome(steps=done, loss=loss_sum / max(done, 1),
                         seconds=time.perf_counter() - t0, examples_seen=seen,
-                        optimizer_state=plain_optimizer.state_dict())
+                        optimizer_state=optimizer.state_dict())
 
 
 def train_nondp(
