@@ -63,6 +63,7 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
     steps is then cut to what the budget allows.
     """
     q = poisson_sample_rate(num_examples, settings.batch_size)
+    per_round = settings.steps_per_round(q)
     history = ledger.history()
     pure = ledger.pure_epsilons()
     plan_path = site.state_dir / PLAN_FILE
@@ -72,7 +73,7 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
         if stored and stored.get("run") == run_id and stored.get("sample-rate") == q:
             sigma = float(stored["noise-multiplier"])
         else:
-            remaining = max(1, num_rounds - server_round + 1) * settings.local_steps
+            remaining = max(1, num_rounds - server_round + 1) * per_round
             sigma = plan_noise_multiplier(history, delta=site.delta, budget=site.epsilon_budget,
                                           sample_rate=q, steps=remaining, pure=pure)
             if sigma is None:
@@ -85,10 +86,10 @@ def plan_round(site: SiteContext, ledger: PrivacyLedger, settings: TrainSettings
                      ledger.epsilon())
     steps = max_steps_within_budget(history, delta=site.delta, budget=site.epsilon_budget,
                                     noise_multiplier=sigma, sample_rate=q,
-                                    max_steps=settings.local_steps, pure=pure)
+                                    max_steps=per_round, pure=pure)
     if steps == 0:
         return RoundPlan(sigma, q, 0, reason="budget exhausted")
-    reason = "" if steps == settings.local_steps else "steps cut to stay within budget"
+    reason = "" if steps == per_round else "steps cut to stay within budget"
     return RoundPlan(sigma, q, steps, reason=reason)
 
 
@@ -137,7 +138,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
                            "budget-exhausted")
     if plan.reason:
         log.warning("%s: round %d: %s (%d of %d).", site.name, server_round, plan.reason,
-                    plan.steps, settings.local_steps)
+                    plan.steps, settings.steps_per_round(plan.sample_rate))
     augmenter = BatchAugmenter(policy) if settings.augment else None
     augment = None if augmenter is None else (lambda x, g: augmenter(x, generator=g))
     images = images_to_tensor(data.images).to(device)

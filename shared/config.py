@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -132,7 +133,12 @@ class TrainSettings(_Settings):
     those itself and the server cannot raise them.
     """
 
-    local_steps: int = _opt(1, "DP-SGD steps per site per round", lo=1, hi=100_000)
+    local_steps: int = _opt(1, "DP-SGD steps per site per round (when local-epochs is 0)",
+                            lo=1, hi=100_000)
+    local_epochs: float = _opt(0.0, "if > 0: each site runs ceil(local-epochs / q) steps per "
+                               "round, that many passes over its own data in expectation "
+                               "(a large site takes many subsampled steps, a small one few); "
+                               "overrides local-steps", lo=0.0, hi=1000.0)
     batch_size: int = _opt(4096, "expected (Poisson) batch size per step; capped at the site's size (the default means full batches, q=1)",
                            lo=1, hi=1_000_000)
     learning_rate: float = _opt(1e-2, "Adam learning rate", lo=0.0, lo_open=True, hi=1.0)
@@ -148,6 +154,12 @@ class TrainSettings(_Settings):
                                         "ledger (0 = off: policies stay data-independent)",
                                         lo=0.0, hi=100.0)
     seed: int = _opt(0, "run seed; every random draw comes from (seed, site, round)", lo=0)
+
+    def steps_per_round(self, sample_rate: float) -> int:
+        """DP-SGD steps a site with Poisson rate ``sample_rate`` runs in one round."""
+        if self.local_epochs > 0:
+            return max(1, math.ceil(self.local_epochs / sample_rate - 1e-9))
+        return self.local_steps
 
 
 def _same(name: str) -> Any:
@@ -176,6 +188,7 @@ class RunConfig(_Settings):
                           "own with node config epsilon-budget)", lo=0.0, lo_open=True)
     delta: float = _opt(1e-5, "per-site delta in simulation", lo=0.0, lo_open=True, hi=0.1)
     local_steps: int = _same("local_steps")
+    local_epochs: float = _same("local_epochs")
     batch_size: int = _same("batch_size")
     learning_rate: float = _same("learning_rate")
     max_grad_norm: float = _same("max_grad_norm")

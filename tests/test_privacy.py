@@ -179,3 +179,32 @@ def test_privacy_show_cli_refuses_a_corrupted_ledger(tmp_path, capsys):
     (tmp_path / LEDGER_FILE).write_text("{not json")
     assert main(["privacy", "show", "--state-dir", str(tmp_path)]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_local_epochs_plan_many_subsampled_steps_on_a_large_site_and_few_on_a_small(tmp_path):
+    # Prepare: batch 100 with one local epoch; a 1,000-record site (q = 0.1) and a 60-record
+    # one (full batches, q = 1), 5 rounds each
+    from client.site import SiteContext
+    from client.train import plan_round
+    from shared.config import TrainSettings
+
+    settings = TrainSettings(batch_size=100, local_epochs=1.0)
+    plans = {}
+    for n in (1000, 60):
+        site = SiteContext(name=f"site-{n}", state_dir=tmp_path / str(n), data="digits",
+                           partition_id=0, num_partitions=1, epsilon_budget=10.0, delta=1e-5)
+        site.state_dir.mkdir()
+        ledger = PrivacyLedger(site.state_dir, site=site.name, delta=1e-5)
+        # Execute
+        plans[n] = plan_round(site, ledger, settings, num_examples=n, run_id="r",
+                              server_round=1, num_rounds=5)
+        planned = json.loads((site.state_dir / "privacy-plan.json").read_text())
+        # Assert: sigma is planned for every step of every round, so 5 rounds of them
+        # exactly spend the budget
+        assert planned["planned-steps"] == 5 * plans[n].steps
+        eps = compose_epsilon([(plans[n].noise_multiplier, plans[n].sample_rate,
+                                5 * plans[n].steps)], delta=1e-5)
+        assert eps == pytest.approx(10.0, abs=0.05)
+    assert (plans[1000].sample_rate, plans[1000].steps) == (0.1, 10)
+    assert (plans[60].sample_rate, plans[60].steps) == (1.0, 1)
+    assert TrainSettings(batch_size=100).steps_per_round(0.1) == 1  # local-steps otherwise
