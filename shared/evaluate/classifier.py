@@ -226,6 +226,7 @@ def train_classifier(
     seed: int = 0,
     augment: Callable[[np.ndarray], np.ndarray] | None = None,
     init: Classifier | None = None,
+    class_weight: str | None = None,
 ) -> Classifier:
     """Train the small CNN with Adam and cross-entropy; fully determined by ``seed``.
 
@@ -257,6 +258,10 @@ def train_classifier(
         Fine-tune a copy of this trained classifier (its weights and input normalisation)
         instead of starting from scratch; ``init`` itself is left unchanged. This is how a
         site uses synthetic data: pretrain on it, then fine-tune on its own records.
+    class_weight : {None, "balanced"}, optional
+        ``"balanced"`` weights each class's loss by ``N / (K * N_c)`` (as scikit-learn's
+        ``class_weight="balanced"``), so a class with few records is not drowned by the
+        others.
 
     Returns
     -------
@@ -271,6 +276,9 @@ def train_classifier(
             fix="pass the number of classes.",
         )
     labels = _check_labels(labels, n=len(images), num_classes=num_classes)
+    if class_weight not in (None, "balanced"):
+        raise ConfigError("`class_weight` must be None or 'balanced'.", value=class_weight,
+                          fix="pass class_weight='balanced' or leave it out.")
     _positive("epochs", epochs)
     _positive("batch_size", batch_size)
     _positive("lr", float(lr) if isinstance(lr, int | float) else lr, kind=float)
@@ -311,6 +319,11 @@ def train_classifier(
     steps = epochs * math.ceil(len(images) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(lr), total_steps=steps)
     y_all = torch.from_numpy(labels)
+    weight = None
+    if class_weight == "balanced":
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        weight = torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)),
+                              dtype=torch.float32)
     module.train()
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen).numpy()
@@ -320,7 +333,7 @@ def train_classifier(
             if augment is not None:
                 batch = _apply_augment(augment, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(module(clf._to_tensor(batch)), y_all[idx])
+            loss = F.cross_entropy(module(clf._to_tensor(batch)), y_all[idx], weight=weight)
             loss.backward()
             optimizer.step()
             schedule.step()
