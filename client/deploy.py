@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared import keys
-from shared.errors import ConfigError
+from shared.errors import ConfigError, run_command
 
 __all__ = ["DEFAULT_RUNTIME_PORT", "node_config_arg", "supernode_command", "run_client", "main"]
 
@@ -174,11 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--insecure", action="store_true", help="no TLS (local test only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run_cli(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run_cli(args), prog="fedaug client")
 
 
 def _run_cli(args: argparse.Namespace) -> int:

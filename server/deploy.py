@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, run_command
 
 __all__ = [
     "DEFAULT_PORT",
@@ -363,11 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="no TLS and no authentication (local test only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run_cli(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run_cli(args), prog="fedaug server")
 
 
 def _run_cli(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import DEFAULT_SAMPLE_STEPS
-from shared.errors import FedaugError
+from shared.errors import FedaugError, run_command
 
 __all__ = ["main"]
 
@@ -282,7 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="does the global generator help? utility, fidelity, privacy",
         description="Train a small CNN on synthetic samples only and test it on the real test "
         "split (TSTR), also with the augmentation policy, next to the same CNN on the real "
-        "training split (TRTR); the gain for a small site (mean of 3 seeds) from "
+        "training split (TRTR); the gain for a small site (mean of 3 seeds, class-balanced "
+        "loss) from "
         "augmentation and from pretraining on the synthetic samples before fine-tuning on "
         "its records; Frechet distance and "
         "precision/recall in the real-data CNN's feature space; the privacy audit. Writes "
@@ -344,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        return int(args.func(args) or 0)
-    except FedaugError as err:
-        print(f"fedaug: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args), prog="fedaug")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "run_command",
     "FedaugError",
     "ConfigError",
     "DataError",
@@ -68,3 +71,13 @@ class LedgerError(FedaugError, RuntimeError):
 
 class BudgetExhaustedError(FedaugError, RuntimeError):
     """A site's privacy budget does not allow any further training."""
+
+
+def run_command(action: Callable[[], int | None], *, prog: str) -> int:
+    """Run a command-line action; a :class:`FedaugError` becomes one line on stderr
+    (``PROG: error: ...``, what was wrong, the value, the fix) and exit status 2."""
+    try:
+        return int(action() or 0)
+    except FedaugError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2

@@ -200,11 +200,13 @@ def test_deploy_clis_write_credentials_and_refuse_plain_http(tmp_path, capsys):
     assert (tmp_path / "keys" / "h.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
     # Execute / Assert: no TLS without asking, no client without its data
     assert server_main(["serve", "--state-dir", str(tmp_path / "s")]) == 2
-    assert "needs TLS certificates" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("fedaug server: error: ") and "needs TLS certificates" in err
     assert client_main(["--superlink", "127.0.0.1:8000", "--data-path", str(tmp_path / "no"),
                         "--state-dir", str(tmp_path / "s"), "--site-name", "a",
                         "--epsilon-budget", "8"]) == 2
-    assert "data path does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("fedaug client: error: ") and "data path does not exist" in err
 
 
 def test_register_node_command():
