@@ -54,7 +54,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if not sep:
             raise FedaugError(f"--set expects KEY=VALUE, got {item!r}.",
                               fix="e.g. --set local-steps=20")
-        scenario[key.strip()] = _parse_value(value.strip())
+        # a string: the typed settings coerce it (so model-channels=16 stays a string)
+        scenario[key.strip()] = value.strip()
     if args.sites is not None:
         num_sites = args.sites
     if num_sites < 1:
@@ -76,17 +77,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"  sample grid  : {out / 'sample_grid.png'}")
     print(f"  site ledgers : {out / 'sites'}/<site>/  (fedaug privacy show --state-dir ...)")
     return 0
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.lower() in {"true", "false"}:
-        return text.lower() == "true"
-    return text
 
 
 # -- generate -----------------------------------------------------------------------------

@@ -39,3 +39,16 @@ def test_bad_settings_are_all_listed():
 def test_bad_model_channels_names_the_fix():
     with pytest.raises(ConfigError, match="model-channels must be comma-separated multiples of 4"):
         _ = RunConfig(model_channels="8,x").channels_tuple
+
+
+def test_simulate_set_values_are_coerced_by_the_setting_they_name(capsys):
+    # Prepare
+    from shared.cli import main
+
+    # Execute: a digit-only string setting and a malformed number, both via --set
+    rc = main(["simulate", "--set", "model-channels=16", "--set", "learning-rate=fast"])
+    # Assert: only the number is refused (the run never starts), with the value and the fix
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "learning-rate: must be a number, got 'fast'" in err
+    assert "model-channels" not in err
