@@ -133,10 +133,11 @@ def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndar
     """What the federation's synthetic data is worth to one small site.
 
     Three classifiers, each the mean of :data:`SMALL_SITE_SEEDS` seeds, all with the same
-    training budget and class-balanced loss on the site's records: ``local`` (its records only), ``local+augment``
-    (with the sample-level ``policy``) and ``local+augment+synthetic`` (pretrained on the
-    synthetic samples, then fine-tuned on its records with the policy: how a site uses a
-    synthetic set far larger and cleaner than its own data). ``pretrained`` is reused for
+    training budget and loss weighting (:data:`SMALL_SITE_CLASS_WEIGHT`) on the site's
+    records: ``local`` (its records only), ``local+augment`` (with the sample-level
+    ``policy``) and ``local+augment+synthetic`` (pretrained on the synthetic samples, then
+    fine-tuned on its records with the policy: how a site uses a synthetic set far larger
+    and cleaner than its own data). ``pretrained`` is reused for
     the first seed (the TSTR classifier); others are pretrained with their own seed.
     """
     policy = policy or Policy.default("image")

@@ -79,6 +79,7 @@ class PerExampleGrads:
         #: "layer.param" name -> parameter, for every parameter the hooks cover
         self._params = {f"{n}.{pn}": p for n, m in self._layers
                         for pn, p in m.named_parameters(recurse=False)}
+        self._names = {id(p): name for name, p in self._params.items()}
         self._records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] | None = None
         self._handles = [m.register_forward_hook(self._make_hook(n)) for n, m in self._layers]
 
@@ -103,7 +104,7 @@ class PerExampleGrads:
         ``x0``/``noise`` are ``(B, K, C, H, W)``, ``t`` is ``(B, K)``; returns
         ``{name: (B, *param.shape)}`` and the ``(B,)`` K-averaged losses.
         """
-        names = {id(p): name for name, p in self._params.items()}
+        names = self._names
         out: dict[str, list[torch.Tensor]] = {n: [] for n in self._params}
         losses = []
         for s in range(0, x0.shape[0], chunk):
@@ -143,7 +144,7 @@ class PerExampleGrads:
             x0, noise, t = (torch.cat([v, v.new_zeros((extra, *v.shape[1:]))])
                             for v in (x0, noise, t))
             labels = torch.cat([labels, labels.new_zeros(extra)])
-        names = {id(p): name for name, p in self._params.items()}
+        names = self._names
         summed = {name: torch.zeros_like(p) for name, p in self._params.items()}
         losses, norms = [], []
         for s in range(0, x0.shape[0], chunk):
