@@ -11,9 +11,17 @@ with that output gradient, summed over the example's ``K`` rows:
 
 * ``Conv2d``: one grouped weight-gradient convolution (examples as groups, their ``K``
   draws as its batch);
-* ``Linear``: input against output gradient;
-* ``GroupNorm``: the re-normalised input times the output gradient, summed over positions;
+* ``Linear`` and 1x1 ``Conv2d``: input against output gradient, one batched matmul;
+* ``GroupNorm``: the fused GroupNorm backward kernel, with every (row, channel) its own
+  weight (see :func:`_layer_grads`);
 * ``Embedding``: the output gradient scattered into the looked-up rows.
+
+Each layer's work starts from a hook on its output tensor, as soon as the backward pass has
+that output's gradient, and by default runs on one background thread: on a 2-core CPU the
+per-example work of the upper layers overlaps autograd's pass through the lower ones (a
+64-example 8x8 DP step was 1.5-1.9x a plain step on one core, 1.3x with the second core
+doing the per-layer work; a plain step gets slower, not faster, with two torch threads at
+that size).
 
 Rows are draw-major (row ``j * B + i`` is draw ``j`` of example ``i``), so the ``K`` draws
 are a free view as the grouped convolution's batch; the loss of a row is its mean squared
@@ -30,8 +38,10 @@ the reshapes here copy whatever strides come in.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DModel
 from torch import nn
 
@@ -47,6 +57,13 @@ class PerExampleGrads:
     ----------
     unet : UNet2DModel
         The model; hooks are registered once and only record inside :meth:`__call__`.
+    background : bool, optional
+        Work out each layer's per-example gradients on one background thread, each as soon as
+        the backward pass has produced that layer's output gradient, so that this work runs
+        on a second core while autograd goes on with the layers below. Default: on for a CPU
+        model when the process may use two or more cores. Results are identical either way
+        (the same operations on the same tensors, summed in the same order). The background
+        thread runs at the caller's ``torch.get_num_threads()``.
 
     Raises
     ------
@@ -55,8 +72,13 @@ class PerExampleGrads:
         Linear, GroupNorm or Embedding: its per-example gradient would be missing.
     """
 
-    def __init__(self, unet: UNet2DModel) -> None:
+    def __init__(self, unet: UNet2DModel, *, background: bool | None = None) -> None:
         self.unet = unet
+        if background is None:
+            on_cpu = all(p.device.type == "cpu" for p in unet.parameters())
+            background = on_cpu and _usable_cores() >= 2
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedaug-grads") if background \
+            else None
         self._layers: list[tuple[str, nn.Module]] = []
         for name, module in unet.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
@@ -90,10 +112,13 @@ class PerExampleGrads:
         return hook
 
     def close(self) -> None:
-        """Remove the hooks from the model."""
+        """Remove the hooks from the model and stop the background thread."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
                  t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
@@ -170,20 +195,57 @@ class PerExampleGrads:
         a = alphas[tr].view(-1, 1, 1, 1)
         noisy = a.sqrt() * rows + (1 - a).sqrt() * eps
         self._records = []
+        jobs: dict[int, Future | list] = {}
+        handles = []
         try:
             with torch.enable_grad():
                 pred = self.unet(noisy, tr, class_labels=labels.repeat(k)).sample
                 target = rows if prediction_type == "sample" else eps
                 row_loss = ((pred - target) ** 2).flatten(1).mean(1)
-                outputs = [r[3] for r in self._records]
-                grads_out = torch.autograd.grad(row_loss.sum() / k, outputs)
+                records = self._records
+                # Each layer's work starts from a hook on its output, when the backward pass
+                # has finished that output's gradient (all its uses summed).
+                handles = [out.register_hook(self._grad_hook(jobs, i, module, inp, b, k))
+                           for i, (_, module, inp, out) in enumerate(records)]
+                # only the outputs' gradients: autograd skips the batched weight gradients
+                torch.autograd.grad(row_loss.sum() / k, [r[3] for r in records],
+                                    allow_unused=True)
         finally:
-            records, self._records = self._records, None
+            self._records = None
+            for h in handles:
+                h.remove()
         acc: dict[int, torch.Tensor] = {}
-        for (_, module, inp, _out), g in zip(records, grads_out, strict=True):
-            for p, v in _layer_grads(module, inp, g.detach(), b, k):
+        for i in range(len(records)):  # record order: the same sums whatever thread ran them
+            job = jobs.get(i, [])  # an output the loss never used has no gradient
+            for p, v in job.result() if isinstance(job, Future) else job:
                 acc[id(p)] = acc[id(p)] + v if id(p) in acc else v
         return acc, row_loss.detach().view(k, b).mean(0)
+
+    def _grad_hook(self, jobs: dict, i: int, module: nn.Module, inp: torch.Tensor, b: int,
+                   k: int):
+        def work(g: torch.Tensor) -> list:
+            return list(_layer_grads(module, inp, g, b, k))
+
+        def hook(g: torch.Tensor) -> None:
+            g = g.detach()
+            jobs[i] = self._pool.submit(work, g) if self._pool is not None else work(g)
+        return hook
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _outer_sum(go: torch.Tensor, ai: torch.Tensor) -> torch.Tensor:
+    """``einsum("kbno,kbni->boi")`` as one batched matmul over examples: each example's
+    output gradients (rows: its K draws times n positions) against its inputs."""
+    k, b, n, o = go.shape
+    i = ai.shape[-1]
+    return torch.bmm(go.permute(1, 3, 0, 2).reshape(b, o, k * n),
+                     ai.permute(1, 0, 2, 3).reshape(b, k * n, i))
 
 
 def _layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, b: int, k: int):
@@ -197,8 +259,8 @@ def _layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, b: int, k:
                 module.stride == (1, 1) and module.padding == (0, 0):
             # a 1x1 convolution is a linear map over channels (grouped 1x1 weight
             # gradients take a slow per-group path on CPU)
-            wg = torch.einsum("kbol,kbcl->boc", g.reshape(k, b, cout, -1),
-                              a.reshape(k, b, cin, -1))
+            wg = _outer_sum(g.reshape(k, b, cout, -1).transpose(2, 3),
+                            a.reshape(k, b, cin, -1).transpose(2, 3))
             yield module.weight, wg.reshape(b, *module.weight.shape)
         elif module.weight.requires_grad:
             # The K draws are the convolution's batch and the B examples its groups (a free
@@ -210,21 +272,34 @@ def _layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor, b: int, k:
                 dilation=module.dilation, groups=b)
             yield module.weight, wg.view(b, *module.weight.shape)
         if module.bias is not None and module.bias.requires_grad:
-            yield module.bias, g.reshape(k, b, cout, -1).sum(dim=(0, 3))
+            # positions first (a contiguous inner sum), then the K draws
+            yield module.bias, g.sum(dim=(2, 3)).view(k, b, cout).sum(0)
     elif isinstance(module, nn.Linear):
         ai = a.reshape(k, b, -1, a.shape[-1])
         go = g.reshape(k, b, -1, g.shape[-1])
         if module.weight.requires_grad:
-            yield module.weight, torch.einsum("kbno,kbni->boi", go, ai)
+            yield module.weight, _outer_sum(go, ai)
         if module.bias is not None and module.bias.requires_grad:
             yield module.bias, go.sum(dim=(0, 2))
     elif isinstance(module, nn.GroupNorm):
-        xhat = F.group_norm(a, module.num_groups, None, None, module.eps)
-        c = a.shape[1]
-        if module.weight is not None and module.weight.requires_grad:
-            yield module.weight, (g * xhat).view(k, b, c, -1).sum(dim=(0, 3))
-        if module.bias is not None and module.bias.requires_grad:
-            yield module.bias, g.reshape(k, b, c, -1).sum(dim=(0, 3))
+        # GroupNorm over (N, C, HW) with G groups is GroupNorm over (1, N*C, HW) with N*G
+        # groups, so the fused backward kernel returns one weight and one bias gradient per
+        # (row, channel): every row's gradients in one call, without re-normalising by hand.
+        n, c = a.shape[:2]
+        hw = a[0, 0].numel()
+        a1, g1 = a.reshape(1, n * c, hw), g.reshape(1, n * c, hw)
+        groups = n * module.num_groups
+        _, mean, rstd = torch.ops.aten.native_group_norm(a1, None, None, 1, n * c, hw, groups,
+                                                         module.eps)
+        want_w = module.weight is not None and module.weight.requires_grad
+        want_b = module.bias is not None and module.bias.requires_grad
+        _, gw, gb = torch.ops.aten.native_group_norm_backward(
+            g1, a1, mean, rstd, a1.new_ones(n * c), 1, n * c, hw, groups,
+            [False, want_w, want_b])
+        if want_w:
+            yield module.weight, gw.view(k, b, c).sum(0)
+        if want_b:
+            yield module.bias, gb.view(k, b, c).sum(0)
     elif isinstance(module, nn.Embedding):
         if module.weight.requires_grad:
             idx = a.reshape(k, b, -1)

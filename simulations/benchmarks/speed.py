@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from shared.config import RunConfig  # noqa: E402
-from shared.data import load_digits_builtin, load_medmnist  # noqa: E402
+from shared.config import RunConfig, load_scenario  # noqa: E402
+from shared.data import load_digits_builtin, load_medmnist, partition  # noqa: E402
 from shared.evaluate import (  # noqa: E402
     classification_report,
     frechet_distance,
@@ -57,35 +57,69 @@ def _pneumonia_path() -> Path:
     return ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 
 
-def bench_training(run: RunConfig, *, steps: int, batch: int, data=None) -> dict:
+def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
+                   threads: tuple[int, ...] = (1, 2)) -> dict:
     """The generator's DP-SGD step against the same model, batch and K without DP.
 
     Both sides run ``steps`` steps of the same objective (K draws per example); the DP side
     is the sites' own ``train_dp`` (Poisson batches of expected size ``batch``, per-example
-    gradients, clipping, noise), the other a plain ``train_nondp`` step.
+    gradients, clipping, noise), the other a plain ``train_nondp`` step. Each side runs at
+    every torch thread count in ``threads``, and DP also with its background gradient
+    thread off (``dp-1-core``: everything on one core). ``dp-over-nondp`` compares each
+    side at its fastest setting on this machine; ``dp-over-nondp-1-core`` compares both on
+    one core. Configurations are interleaved, three passes; the median of each counts.
     """
     data = data if data is not None else load_digits_builtin(split="train")
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
     y = torch.from_numpy(data.labels)
     k = run.noise_multiplicity
-    out: dict[str, list[float]] = {"nondp": [], "dp": []}
-    for mode in ("nondp", "dp") * 3:  # interleaved; the median of three counts
-        unet, sched, _ = _model(run, data)
-        if mode == "dp":
-            q = poisson_sample_rate(len(x), batch)
-            r = train_dp(unet, sched, x, y, steps=steps, sample_rate=q, noise_multiplier=1.0,
-                         max_grad_norm=run.max_grad_norm, learning_rate=run.learning_rate,
-                         noise_multiplicity=k)
-            rate = r.examples_seen / r.seconds
-        else:
-            r = train_nondp(unet, sched, x, y, steps=steps, batch_size=batch,
-                            learning_rate=run.learning_rate, noise_multiplicity=k)
-            rate = steps * batch / r.seconds
-        out[mode].append(rate)
-    nondp, dp = float(np.median(out["nondp"])), float(np.median(out["dp"]))
+    before = torch.get_num_threads()
+    configs = [("nondp", n, None) for n in threads] + [("dp", n, None) for n in threads]
+    configs.append(("dp", 1, False))
+    rates: dict[str, list[float]] = {}
+    try:
+        for _ in range(3):
+            for mode, n, background in configs:
+                torch.set_num_threads(n)
+                unet, sched, _ = _model(run, data)
+                if mode == "dp":
+                    q = poisson_sample_rate(len(x), batch)
+                    r = train_dp(unet, sched, x, y, steps=steps, sample_rate=q,
+                                 noise_multiplier=1.0, max_grad_norm=run.max_grad_norm,
+                                 learning_rate=run.learning_rate, noise_multiplicity=k,
+                                 background=background)
+                    rate = r.examples_seen / r.seconds
+                else:
+                    r = train_nondp(unet, sched, x, y, steps=steps, batch_size=batch,
+                                    learning_rate=run.learning_rate, noise_multiplicity=k)
+                    rate = steps * batch / r.seconds
+                key = "dp-1-core" if background is False else f"{mode}-{n}-threads"
+                rates.setdefault(key, []).append(rate)
+    finally:
+        torch.set_num_threads(before)
+    med = {key: float(np.median(v)) for key, v in rates.items()}
+    best_nondp = max(("nondp" + f"-{n}-threads" for n in threads), key=med.__getitem__)
+    best_dp = max((f"dp-{n}-threads" for n in threads), key=med.__getitem__)
+    nondp, dp = med[best_nondp], med[best_dp]
     return {"nondp-examples-per-s": nondp, "dp-examples-per-s": dp, "dp-over-nondp": nondp / dp,
-            "noise-multiplicity": k, "batch": batch,
+            "nondp-setting": best_nondp, "dp-setting": best_dp,
+            "dp-over-nondp-1-core": med["nondp-1-threads"] / med["dp-1-core"],
+            "examples-per-s": med, "noise-multiplicity": k, "batch": batch,
             "image-size": int(data.image_shape[0])}
+
+
+def default_run_site(run: RunConfig):
+    """The median-sized site of the default ``fedaug simulate`` scenario (built-in digits).
+
+    With the default ``batch-size`` every site of that run takes full-batch DP steps
+    (q = 1), so one step on this site is the DP step the default run actually takes.
+    """
+    scenario = load_scenario(ROOT / "simulations" / "default.toml")
+    data = load_digits_builtin(split="train")
+    parts = partition(data.labels, int(scenario["num-sites"]), scheme=scenario["partition"],
+                      alpha=float(scenario["alpha"]), seed=int(scenario["seed"]))
+    site = data.subset(sorted(parts, key=len)[len(parts) // 2])
+    return site, min(run.batch_size, len(site.labels))
 
 
 def bench_sampling(run: RunConfig, *, train_steps: int, n: int, ddim_steps: int,
@@ -204,6 +238,12 @@ def bench_scale(run: RunConfig, *, sites: int, selected: int, rounds: int, threa
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _train_row(label: str, r: dict) -> tuple[str, str, str, str]:
+    return (label, f"{r['dp-examples-per-s']:.1f} ex/s ({r['dp-setting'][3:]})",
+            f"non-DP {r['nondp-examples-per-s']:.1f} ex/s ({r['nondp-setting'][6:]})",
+            f"{r['dp-over-nondp']:.2f}x slower (1 core: {r['dp-over-nondp-1-core']:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,11 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     run = RunConfig()
     q = args.quick
     t0 = time.perf_counter()
-    train = bench_training(run, steps=3 if q else 30, batch=64)
+    # training: each side at every thread count this machine offers (up to 2)
+    tt = (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
+    train = bench_training(run, steps=3 if q else 30, batch=64, threads=tt)
+    site, site_batch = default_run_site(run)
+    site_train = bench_training(run, steps=2 if q else max(8, 7680 // site_batch),
+                                batch=site_batch, data=site, threads=tt)
     pneumonia = None
     if _pneumonia_path().exists():  # the quality scenario's 28x28 images, when beside us
         pneu = load_medmnist(_pneumonia_path(), split="train")
-        pneumonia = bench_training(run, steps=2 if q else 10, batch=64, data=pneu)
+        pneumonia = bench_training(run, steps=2 if q else 10, batch=64, data=pneu, threads=tt)
     sampling = bench_sampling(run, train_steps=100 if q else 1500, n=20 if q else 200,
                               ddim_steps=run.sample_steps)
     small = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads)
@@ -232,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"torch {torch.__version__}, {args.threads} thread(s)",
         **train,
+        **{f"default-run-{k}": v for k, v in site_train.items()},
         **({f"pneumonia-{k}": v for k, v in pneumonia.items()} if pneumonia else {}),
         **sampling,
         "sites-10-peak-rss-mb": small["peak-rss-mb"],
@@ -247,11 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     rows = [
-        ("DP-SGD step, 8x8", f"{train['dp-examples-per-s']:.1f} ex/s",
-         f"non-DP {train['nondp-examples-per-s']:.1f} ex/s", f"{train['dp-over-nondp']:.2f}x slower"),
-        *([("DP-SGD step, 28x28", f"{pneumonia['dp-examples-per-s']:.1f} ex/s",
-            f"non-DP {pneumonia['nondp-examples-per-s']:.1f} ex/s",
-            f"{pneumonia['dp-over-nondp']:.2f}x slower")] if pneumonia else []),
+        *[_train_row(label, r) for label, r in (
+            ("DP-SGD step, 8x8, batch 64", train),
+            (f"  default run, batch {site_batch}", site_train),
+            ("DP-SGD step, 28x28", pneumonia)) if r is not None],
         (f"DDIM {sampling['ddim-steps']} steps", f"{sampling['ddim-samples-per-s']:.1f} samples/s",
          f"DDPM 1000: {sampling['ddpm-samples-per-s']:.2f}/s",
          f"{sampling['sampler-speedup']:.1f}x faster, FD ratio {sampling['frechet-ratio']:.2f}"),
