@@ -172,7 +172,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
           f"pretrained on synthetic + fine-tuned with augment "
           f"{g['local+augment+synthetic']['accuracy']:.3f}")
     print(f"fidelity: Frechet distance {f['frechet-distance']:.3f}, precision "
-          f"{f['precision']:.3f}, recall {f['recall']:.3f} ({f['extractor']})")
+          f"{f['precision']:.3f}, recall {f['recall']:.3f} ({f['extractor']}); fine detail "
+          f"{f['detail-ratio']:.2f}x the real images'")
     a = report["privacy-audit"]
     print(f"privacy audit: memorization rate {a['memorization-rate']:.3f}, membership-"
           f"inference AUC {a['membership-inference-auc']:.3f}")

@@ -18,6 +18,7 @@ from shared.evaluate import (
     loss_threshold_attack,
     membership_inference_auc,
     memorization_report,
+    pixel_statistics,
     precision_recall,
     train_classifier,
     tstr,
@@ -302,8 +303,11 @@ def test_fidelity_report_ranks_real_images_above_noise(digits_clf, split):
         "recall",
         "num-real",
         "num-fake",
+        "pixels",
     }
     assert real["per-class"][3]["num-real"] == int(np.sum(y_test == 3))
+    assert same["detail-ratio"] == pytest.approx(1.0)
+    assert fake["detail-ratio"] > 1.3  # noise: more fine detail than even 8x8 digits (1.7x)
     assert "small CNN" in real["extractor"]
 
 
@@ -316,6 +320,25 @@ def test_fidelity_report_gives_nan_for_a_class_too_small_to_score(digits_clf, sp
 
     assert np.isnan(report["per-class"][10]["frechet-distance"])
     assert report["per-class"][10]["num-fake"] == 2
+    assert report["per-class"][10]["pixels"]["real"] is None
+
+
+def test_pixel_statistics_known_answers_and_blur_lowers_detail():
+    flat = np.full((3, 9, 9, 1), 100, dtype=np.uint8)
+    board = (np.indices((9, 9)).sum(axis=0) % 2 * 255).astype(np.uint8)[None, :, :, None]
+    assert pixel_statistics(flat) == {"mean": 100.0, "contrast": 0.0, "detail": 0.0}
+    # a 0/255 checkerboard: every interior Laplacian is +-4 * 255
+    stats = pixel_statistics(board)
+    assert stats["contrast"] == pytest.approx(127.5, abs=0.8)
+    assert stats["detail"] == pytest.approx((4 * 255) ** 2, rel=0.02)
+    # a 3x3 box blur keeps brightness, lowers contrast a little and detail a lot
+    digits = (load_digits().images[:50, :, :, None] * 16).astype(np.uint8)
+    pad = np.pad(digits[..., 0].astype(float), ((0, 0), (1, 1), (1, 1)), mode="edge")
+    blur = sum(pad[:, i:i + 8, j:j + 8] for i in range(3) for j in range(3)) / 9
+    blurred = pixel_statistics(blur.round().astype(np.uint8)[..., None])
+    sharp = pixel_statistics(digits)
+    assert blurred["mean"] == pytest.approx(sharp["mean"], rel=0.05)
+    assert blurred["detail"] < 0.2 * sharp["detail"]
 
 
 # --- privacy audit ---------------------------------------------------------------

@@ -10,6 +10,7 @@ from shared.evaluate.fidelity import (
     FeatureExtractor,
     fidelity_report,
     frechet_distance,
+    pixel_statistics,
     precision_recall,
 )
 from shared.evaluate.privacy_audit import (
@@ -24,6 +25,7 @@ __all__ = [
     "classification_report",
     "fidelity_report",
     "frechet_distance",
+    "pixel_statistics",
     "loss_threshold_attack",
     "membership_inference_auc",
     "memorization_report",

@@ -1,4 +1,5 @@
-"""Fidelity of synthetic images: Frechet distance and k-NN precision / recall on CNN features."""
+"""Fidelity of synthetic images: Frechet distance and k-NN precision / recall on CNN features,
+and plain pixel statistics (brightness, contrast, fine detail) per class."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ __all__ = [
     "FeatureExtractor",
     "fidelity_report",
     "frechet_distance",
+    "pixel_statistics",
     "precision_recall",
 ]
 
@@ -184,6 +186,22 @@ def _scores(real: np.ndarray, fake: np.ndarray, k: int) -> dict:
     }
 
 
+def pixel_statistics(images: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast and fine detail of uint8 images (N, H, W, C), in grey levels.
+
+    ``mean``: the mean grey level; ``contrast``: the mean over images of each image's
+    standard deviation; ``detail``: the mean over images of the variance of each image's
+    4-neighbour Laplacian (interior pixels, channels averaged first), the energy of the
+    finest detail, which blur removes and a CNN can key on.
+    """
+    images = _check_images(images)
+    grey = images.astype(np.float64).mean(axis=3)
+    lap = (4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]
+           - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:])
+    return {"mean": float(grey.mean()), "contrast": float(grey.std(axis=(1, 2)).mean()),
+            "detail": float(lap.var(axis=(1, 2)).mean())}
+
+
 def fidelity_report(
     extractor: FeatureExtractor,
     real_images: np.ndarray,
@@ -212,9 +230,12 @@ def fidelity_report(
     -------
     dict
         ``frechet-distance``, ``precision``, ``recall`` over all images; ``per-class``:
-        ``{class: {frechet-distance, precision, recall, num-real, num-fake}}`` for every
-        class found in either set (the three scores are NaN when either side has ``k`` or
-        fewer images of that class); ``extractor``: what produced the features.
+        ``{class: {frechet-distance, precision, recall, num-real, num-fake, pixels}}`` for
+        every class found in either set (the three scores are NaN when either side has
+        ``k`` or fewer images of that class; ``pixels`` holds :func:`pixel_statistics` of
+        the ``real`` and ``synthetic`` images of the class); ``detail-ratio``: synthetic over
+        real fine detail over all images (1 when the synthetic images are as sharp as the
+        real ones); ``extractor``: what produced the features.
         A class with fewer images than feature dimensions (D = 64 for the default CNN)
         gets a biased, noisy Frechet distance: compare such values only between sets of
         equal size.
@@ -241,9 +262,15 @@ def fidelity_report(
             scores = _scores(r, f, k)
         else:
             scores = dict.fromkeys(("frechet-distance", "precision", "recall"), float("nan"))
-        per_class[int(c)] = {**scores, "num-real": len(r), "num-fake": len(f)}
+        pixels = {name: pixel_statistics(imgs[lab == c]) if (lab == c).any() else None
+                  for name, imgs, lab in (("real", real_images, real_labels),
+                                          ("synthetic", fake_images, fake_labels))}
+        per_class[int(c)] = {**scores, "num-real": len(r), "num-fake": len(f), "pixels": pixels}
+    real_detail = pixel_statistics(real_images)["detail"]
     return {
         **_scores(real, fake, k),
+        "detail-ratio": (pixel_statistics(fake_images)["detail"] / real_detail
+                         if real_detail > 0 else float("nan")),
         "per-class": per_class,
         "extractor": getattr(extractor, "description", type(extractor).__name__),
     }

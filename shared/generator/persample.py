@@ -17,11 +17,10 @@ with that output gradient, summed over the example's ``K`` rows:
 * ``Embedding``: the output gradient scattered into the looked-up rows.
 
 Each layer's work starts from a hook on its output tensor, as soon as the backward pass has
-that output's gradient, and by default runs on one background thread: on a 2-core CPU the
-per-example work of the upper layers overlaps autograd's pass through the lower ones (a
-64-example 8x8 DP step was 1.5-1.9x a plain step on one core, 1.3x with the second core
-doing the per-layer work; a plain step gets slower, not faster, with two torch threads at
-that size).
+that output's gradient, and with two or more torch threads it runs on one background
+thread, so that the per-example work of the upper layers overlaps autograd's pass through
+the lower ones (speed.py on 2 cores, 8x8, 64 examples: 836 against 776 examples/s inline;
+docs/benchmarks.md has the other sizes).
 
 Rows are draw-major (row ``j * B + i`` is draw ``j`` of example ``i``), so the ``K`` draws
 are a free view as the grouped convolution's batch; the loss of a row is its mean squared

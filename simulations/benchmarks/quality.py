@@ -69,6 +69,7 @@ def run_one(*, data: Path, epsilon: float, sites: int, alpha: float, seed: int, 
         "small-site-accuracy-per-seed": {k: gain[k]["accuracy-per-seed"] for k in (
             "local", "local+augment", "local+augment+synthetic")},
         "frechet-distance": report["fidelity"]["frechet-distance"],
+        "detail-ratio": report["fidelity"]["detail-ratio"],
         "precision": report["fidelity"]["precision"],
         "recall": report["fidelity"]["recall"],
         "memorization-rate": report["privacy-audit"]["memorization-rate"],
