@@ -223,8 +223,8 @@ class RunConfig(_Settings):
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
     model_channels: str = _opt("8,16", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
-    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0) or epsilon",
-                                choices=("sample", "epsilon"))
+    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0), epsilon or "
+                                "v_prediction", choices=("sample", "epsilon", "v_prediction"))
     warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
                                           "pixel sums with this Gaussian noise multiplier once "
                                           "per run (charged to its ledger); the server pretrains "

@@ -22,6 +22,7 @@ from shared.generator import (
     train_dp,
 )
 from shared.generator.generate import generate_to_folder
+from shared.generator.model import diffusion_target
 from shared.generator.persample import PerExampleGrads
 from shared.generator.train import noisy_mean_gradient
 
@@ -43,7 +44,7 @@ def _draws(b: int, k: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("method", ["vmap", "hooks", "hooks-background"])
-@pytest.mark.parametrize("prediction", ["sample", "epsilon"])
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
 def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction, method):
     # Prepare
     unet, sched = _model()
@@ -69,6 +70,27 @@ def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(predicti
         assert float(losses[i]) == pytest.approx(loss.item(), rel=1e-5)
         for name, p in unet.named_parameters():
             torch.testing.assert_close(grads[name][i], p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+def test_diffusion_target_is_what_the_diffusers_scheduler_reads(prediction):
+    # Prepare: the scheduler's own forward process and, for v, its get_velocity
+    sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=2,
+                                                  prediction_type=prediction))
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand((4, 1, 8, 8), generator=gen) * 2 - 1
+    noise = torch.randn((4, 1, 8, 8), generator=gen)
+    t = torch.tensor([10, 200, 500, 900])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    # Execute: the target, then diffusers' x0 recovered from a perfect prediction of it
+    target = diffusion_target(prediction, x0, noise, a)
+    noisy = sched.add_noise(x0, noise, t)
+    x0_hat = torch.stack([sched.step(target[i:i + 1], int(t[i]), noisy[i:i + 1])
+                          .pred_original_sample[0] for i in range(4)])
+    # Assert
+    torch.testing.assert_close(x0_hat, x0.clamp(-1, 1), atol=1e-4, rtol=1e-4)
+    if prediction == "v_prediction":
+        torch.testing.assert_close(target, sched.get_velocity(x0, noise, t))
 
 
 def test_hooks_refuse_a_layer_they_cannot_split_per_example():

@@ -21,6 +21,7 @@ from shared.evaluate.classifier import Classifier, classification_report, train_
 from shared.evaluate.fidelity import fidelity_report
 from shared.evaluate.privacy_audit import loss_threshold_attack, memorization_report
 from shared.generator import load_generator, make_grid, sample_images, to_uint8
+from shared.generator.model import diffusion_target
 
 __all__ = ["diffusion_loss_fn", "privacy_audit", "evaluate_generator", "small_site_subset"]
 
@@ -48,7 +49,7 @@ def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 
             a = alphas[t]
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             pred = unet(noisy, t.expand(len(x0)), class_labels=y).sample
-            target = x0 if scheduler.config.prediction_type == "sample" else noise
+            target = diffusion_target(scheduler.config.prediction_type, x0, noise, a)
             total += ((pred - target) ** 2).mean(dim=(1, 2, 3))
         return (total / len(ts)).numpy()
 

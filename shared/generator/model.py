@@ -20,9 +20,13 @@ __all__ = [
     "save_generator",
     "load_generator",
     "GENERATOR_FILE",
+    "PREDICTION_TYPES",
+    "diffusion_target",
 ]
 
 GENERATOR_FILE = "fedaug_generator.json"
+#: What the UNet may predict, in diffusers' ``prediction_type`` names.
+PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
 _FLAT = "generator-"
 
 
@@ -48,8 +52,11 @@ class GeneratorConfig:
     beta_schedule : str (default: "squaredcos_cap_v2")
         DDPM beta schedule.
     prediction_type : str (default: "sample")
-        What the UNet predicts: ``"sample"`` (the clean image x0) or ``"epsilon"`` (the noise).
-        Under DP-SGD x0-prediction learns far faster on small data (see docs/dp-recipe.md).
+        What the UNet predicts: ``"sample"`` (the clean image x0), ``"epsilon"`` (the noise)
+        or ``"v_prediction"`` (``sqrt(a) * noise - sqrt(1 - a) * x0``, whose implied x0 is
+        close to the noisy input at low noise and to the prediction at high noise). Under
+        DP-SGD x0-prediction learns far faster on small data than epsilon (see
+        docs/dp-recipe.md).
     """
 
     image_size: int
@@ -64,9 +71,9 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         problems = []
         levels = len(self.block_out_channels)
-        if self.prediction_type not in ("sample", "epsilon"):
-            problems.append(f"prediction_type must be 'sample' or 'epsilon', got "
-                            f"{self.prediction_type!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
+                            f"got {self.prediction_type!r}")
         if self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 1:
@@ -113,6 +120,19 @@ class GeneratorConfig:
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"The server's generator config is incomplete or malformed: {err}.",
                               value=d, fix="Use matching fedaug versions on server and sites.") from err
+
+
+def diffusion_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,
+                     alpha_cumprod: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output for ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``
+    (``alpha_cumprod`` = a, broadcastable), as diffusers' schedulers read its output."""
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_cumprod.sqrt() * noise - (1 - alpha_cumprod).sqrt() * x0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def _norm_groups(channels: tuple[int, ...]) -> int:

@@ -45,6 +45,8 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from shared.generator.model import diffusion_target
+
 __all__ = ["PerExampleGrads"]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.Embedding)
@@ -220,7 +222,7 @@ class PerExampleGrads:
         try:
             with torch.enable_grad():
                 pred = self.unet(noisy, tr, class_labels=labels.repeat(k)).sample
-                target = rows if prediction_type == "sample" else eps
+                target = diffusion_target(prediction_type, rows, eps, a)
                 row_loss = ((pred - target) ** 2).flatten(1).mean(1)
                 records = self._records
                 # Each layer's work starts from a hook on its output, when the backward pass

@@ -26,6 +26,7 @@ from opacus.data_loader import DPDataLoader
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
+from shared.generator.model import diffusion_target
 from shared.generator.persample import PerExampleGrads
 
 __all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss",
@@ -105,12 +106,12 @@ def _alphas(scheduler: DDPMScheduler, device: torch.device) -> torch.Tensor:
 def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
                    noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
                    prediction_type: str = "epsilon") -> torch.Tensor:
-    """Mean MSE of a batch of (view, noise, timestep) draws; the target is x0 for
-    ``prediction_type="sample"`` and the noise for ``"epsilon"`` (the scheduler's config)."""
+    """Mean MSE of a batch of (view, noise, timestep) draws against
+    :func:`~shared.generator.model.diffusion_target` (the scheduler's ``prediction_type``)."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
     pred = unet(noisy, t, class_labels=labels).sample
-    return F.mse_loss(pred, x0 if prediction_type == "sample" else noise)
+    return F.mse_loss(pred, diffusion_target(prediction_type, x0, noise, a))
 
 
 def per_example_grads(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
@@ -142,7 +143,7 @@ def per_example_grads(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
         noisy = a.sqrt() * xe + (1 - a).sqrt() * ne
         pred = functional_call(unet, (p, buffers), (noisy, te),
                                {"class_labels": ye.expand(k)}).sample
-        target = xe if prediction_type == "sample" else ne
+        target = diffusion_target(prediction_type, xe, ne, a)
         loss = ((pred - target) ** 2).mean()
         return loss, loss
 
