@@ -43,7 +43,7 @@ def _draws(b: int, k: int, seed: int = 0):
     return x0, y, noise, t
 
 
-@pytest.mark.parametrize("method", ["vmap", "hooks", "hooks-background"])
+@pytest.mark.parametrize("method", ["vmap", "hooks"])
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
 def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction, method):
     # Prepare
@@ -55,7 +55,7 @@ def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(predicti
         grads, losses = per_example_grads(unet, x0, y, noise, t, alphas,
                                           prediction_type=prediction)
     else:
-        hooks = PerExampleGrads(unet, background=method == "hooks-background")
+        hooks = PerExampleGrads(unet)
         grads, losses = hooks(x0, y, noise, t, alphas, prediction_type=prediction, chunk=2)
         hooks.close()
     assert set(grads) == {n for n, _ in unet.named_parameters()}
@@ -110,32 +110,6 @@ def test_hooks_give_a_layer_the_forward_never_calls_a_zero_gradient():
     assert grads["unused.weight"].shape == (2, 2, 3)
     assert not grads["unused.weight"].any() and not grads["unused.bias"].any()
     assert grads["conv_in.weight"].any()
-
-
-def test_background_thread_gives_the_same_sums_and_passes_errors_on(monkeypatch):
-    unet, sched = _model()
-    alphas = sched.alphas_cumprod.float()
-    x0, y, noise, t = _draws(b=5, k=2, seed=1)
-    results = []
-    for background in (False, True):
-        hooks = PerExampleGrads(unet, background=background)
-        results.append(hooks.clipped_sum(x0, y, noise, t, alphas, max_grad_norm=0.05, chunk=3))
-        hooks.close()
-    (inline, _, n_inline), (threaded, _, n_threaded) = results
-    assert set(inline) == set(threaded)
-    for name in inline:  # the same operations summed in the same order: bit-identical
-        assert torch.equal(inline[name], threaded[name]), name
-    assert torch.equal(n_inline, n_threaded)
-
-    def broken(*args):
-        raise RuntimeError("layer failed")
-        yield
-
-    monkeypatch.setattr("shared.generator.persample._layer_grads", broken)
-    hooks = PerExampleGrads(unet, background=True)
-    with pytest.raises(RuntimeError, match="layer failed"):
-        hooks.clipped_sum(x0, y, noise, t, alphas, max_grad_norm=0.05)
-    hooks.close()
 
 
 def _reference_grads(b: int, k: int, seed: int):

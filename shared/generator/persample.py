@@ -16,12 +16,6 @@ with that output gradient, summed over the example's ``K`` rows:
   weight (see :func:`_layer_grads`);
 * ``Embedding``: the output gradient scattered into the looked-up rows.
 
-Each layer's work starts from a hook on its output tensor, as soon as the backward pass has
-that output's gradient, and with two or more torch threads it runs on one background
-thread, so that the per-example work of the upper layers overlaps autograd's pass through
-the lower ones (speed.py on 2 cores, 8x8, 64 examples: 836 against 776 examples/s inline;
-docs/benchmarks.md has the other sizes).
-
 Rows are draw-major (row ``j * B + i`` is draw ``j`` of example ``i``), so the ``K`` draws
 are a free view as the grouped convolution's batch; the loss of a row is its mean squared
 error divided by ``K``, so the sum over an example's rows is the gradient of the example's
@@ -36,10 +30,6 @@ the reshapes here copy whatever strides come in.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 
 import torch
 from diffusers import UNet2DModel
@@ -59,16 +49,6 @@ class PerExampleGrads:
     ----------
     unet : UNet2DModel
         The model; hooks are registered once and only record inside :meth:`__call__`.
-    background : bool, optional
-        Work out each layer's per-example gradients on one background thread, each as soon as
-        the backward pass has produced that layer's output gradient, so that this work runs
-        on a second core while autograd goes on with the layers below. Default: on for a CPU
-        model when ``torch.get_num_threads()`` is 2 or more. While a step runs, the caller's
-        threads are shared between the two (``n // 2`` torch threads each, restored after):
-        two teams of ``n`` threads on ``n`` cores made an 8x8 step 1.7x slower. Results are
-        identical either way (the same operations on the same tensors, summed in the same
-        order).
-
     Raises
     ------
     ValueError
@@ -76,13 +56,8 @@ class PerExampleGrads:
         Linear, GroupNorm or Embedding: its per-example gradient would be missing.
     """
 
-    def __init__(self, unet: UNet2DModel, *, background: bool | None = None) -> None:
+    def __init__(self, unet: UNet2DModel) -> None:
         self.unet = unet
-        if background is None:
-            on_cpu = all(p.device.type == "cpu" for p in unet.parameters())
-            background = on_cpu and torch.get_num_threads() >= 2
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedaug-grads") if background \
-            else None
         self._layers: list[tuple[str, nn.Module]] = []
         for name, module in unet.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
@@ -116,13 +91,10 @@ class PerExampleGrads:
         return hook
 
     def close(self) -> None:
-        """Remove the hooks from the model and stop the background thread."""
+        """Remove the hooks from the model."""
         for h in self._handles:
             h.remove()
         self._handles = []
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
                  t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
@@ -190,25 +162,7 @@ class PerExampleGrads:
             norms.append(norm)
         return summed, torch.cat(losses)[:real], torch.cat(norms)[:real]
 
-    @contextmanager
-    def _threads(self) -> Iterator[None]:
-        """With the background thread on, give each of the two threads half the caller's
-        torch threads for the step (restored after)."""
-        n = torch.get_num_threads()
-        if self._pool is None or n < 2:
-            yield
-            return
-        torch.set_num_threads(n // 2)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(n)
-
     def _chunk(self, x0, labels, noise, t, alphas, prediction_type):
-        with self._threads():
-            return self._chunk_grads(x0, labels, noise, t, alphas, prediction_type)
-
-    def _chunk_grads(self, x0, labels, noise, t, alphas, prediction_type):
         b, k = t.shape
         # draw-major rows: row j * b + i is draw j of example i
         rows = x0.transpose(0, 1).reshape(k * b, *x0.shape[2:])
@@ -217,41 +171,20 @@ class PerExampleGrads:
         a = alphas[tr].view(-1, 1, 1, 1)
         noisy = a.sqrt() * rows + (1 - a).sqrt() * eps
         self._records = []
-        jobs: dict[int, Future | list] = {}
-        handles = []
         try:
             with torch.enable_grad():
                 pred = self.unet(noisy, tr, class_labels=labels.repeat(k)).sample
                 target = diffusion_target(prediction_type, rows, eps, a)
                 row_loss = ((pred - target) ** 2).flatten(1).mean(1)
-                records = self._records
-                # Each layer's work starts from a hook on its output, when the backward pass
-                # has finished that output's gradient (all its uses summed).
-                handles = [out.register_hook(self._grad_hook(jobs, i, module, inp, b, k))
-                           for i, (_, module, inp, out) in enumerate(records)]
-                # only the outputs' gradients: autograd skips the batched weight gradients
-                torch.autograd.grad(row_loss.sum() / k, [r[3] for r in records],
-                                    allow_unused=True)
+                outputs = [r[3] for r in self._records]
+                grads_out = torch.autograd.grad(row_loss.sum() / k, outputs)
         finally:
-            self._records = None
-            for h in handles:
-                h.remove()
+            records, self._records = self._records, None
         acc: dict[int, torch.Tensor] = {}
-        for i in range(len(records)):  # record order: the same sums whatever thread ran them
-            job = jobs.get(i, [])  # an output the loss never used has no gradient
-            for p, v in job.result() if isinstance(job, Future) else job:
+        for (_, module, inp, _out), g in zip(records, grads_out, strict=True):
+            for p, v in _layer_grads(module, inp, g.detach(), b, k):
                 acc[id(p)] = acc[id(p)] + v if id(p) in acc else v
         return acc, row_loss.detach().view(k, b).mean(0)
-
-    def _grad_hook(self, jobs: dict, i: int, module: nn.Module, inp: torch.Tensor, b: int,
-                   k: int):
-        def work(g: torch.Tensor) -> list:
-            return list(_layer_grads(module, inp, g, b, k))
-
-        def hook(g: torch.Tensor) -> None:
-            g = g.detach()
-            jobs[i] = self._pool.submit(work, g) if self._pool is not None else work(g)
-        return hook
 
 
 def _outer_sum(go: torch.Tensor, ai: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,6 @@ def train_dp(
     seed: int = 0,
     optimizer_state: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
-    background: bool | None = None,
 ) -> TrainOutcome:
     """Train ``unet`` in place with DP-SGD under Opacus for exactly ``steps`` steps.
 
@@ -205,10 +204,6 @@ def train_dp(
     optimizer_state : dict, optional
         Adam state from the site's previous round (a function of already-noised gradients
         only, so keeping it costs no privacy); the new state is returned in the outcome.
-    background : bool, optional
-        Per-layer per-example gradient work on a second thread during the backward pass
-        (see :class:`~shared.generator.persample.PerExampleGrads`); default: on for a CPU
-        model with two or more usable cores.
     """
     device = next(unet.parameters()).device
     n = images.shape[0]
@@ -243,7 +238,7 @@ def train_dp(
     alphas = _alphas(scheduler, device)
     prediction = scheduler.config.prediction_type
     t_max = scheduler.config.num_train_timesteps
-    per_example = PerExampleGrads(unet, background=background)
+    per_example = PerExampleGrads(unet)
     named = [(k, p) for k, p in unet.named_parameters() if p.requires_grad]
     unet.train()
     done, seen, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()

@@ -64,10 +64,8 @@ def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
     Both sides run ``steps`` steps of the same objective (K draws per example); the DP side
     is the sites' own ``train_dp`` (Poisson batches of expected size ``batch``, per-example
     gradients, clipping, noise), the other a plain ``train_nondp`` step. Each side runs at
-    every torch thread count n in ``threads``: non-DP as n intra-op threads, DP as its
-    default for n (one core: everything inline; two: the per-layer work on a background
-    thread, n // 2 torch threads each). ``dp-over-nondp`` compares each side at its fastest
-    setting on this machine; ``dp-over-nondp-1-core`` compares both on one core.
+    every torch thread count n in ``threads``. ``dp-over-nondp`` compares each side at its
+    fastest setting on this machine; ``dp-over-nondp-1-core`` compares both on one thread.
     Configurations are interleaved, three passes; the median of each counts.
     """
     data = data if data is not None else load_digits_builtin(split="train")
