@@ -49,6 +49,7 @@ class PerExampleGrads:
     ----------
     unet : UNet2DModel
         The model; hooks are registered once and only record inside :meth:`__call__`.
+
     Raises
     ------
     ValueError
