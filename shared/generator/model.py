@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from shared.config import PREDICTION_TYPES
 from shared.errors import ConfigError, DataError
 
 __all__ = [
@@ -25,8 +26,6 @@ __all__ = [
 ]
 
 GENERATOR_FILE = "fedaug_generator.json"
-#: What the UNet may predict, in diffusers' ``prediction_type`` names.
-PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
 _FLAT = "generator-"
 
 
