@@ -65,7 +65,8 @@ def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
     is the sites' own ``train_dp`` (Poisson batches of expected size ``batch``, per-example
     gradients, clipping, noise), the other a plain ``train_nondp`` step. Each side runs at
     every torch thread count n in ``threads``. ``dp-over-nondp`` compares each side at its
-    fastest setting on this machine; ``dp-over-nondp-1-core`` compares both on one thread.
+    fastest setting on this machine; ``dp-over-nondp-1-core`` compares both on one thread
+    (``threads`` must include 1).
     Configurations are interleaved, three passes; the median of each counts.
     """
     data = data if data is not None else load_digits_builtin(split="train")
@@ -94,7 +95,7 @@ def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
     finally:
         torch.set_num_threads(before)
     med = {key: float(np.median(v)) for key, v in rates.items()}
-    best_nondp = max(("nondp" + f"-{n}-threads" for n in threads), key=med.__getitem__)
+    best_nondp = max((f"nondp-{n}-threads" for n in threads), key=med.__getitem__)
     best_dp = max((f"dp-{n}-threads" for n in threads), key=med.__getitem__)
     nondp, dp = med[best_nondp], med[best_dp]
     return {"nondp-examples-per-s": nondp, "dp-examples-per-s": dp, "dp-over-nondp": nondp / dp,
@@ -237,7 +238,7 @@ def bench_scale(run: RunConfig, *, sites: int, selected: int, rounds: int, threa
 def _train_row(label: str, r: dict) -> tuple[str, str, str, str]:
     return (label, f"{r['dp-examples-per-s']:.1f} ex/s ({r['dp-setting'][3:]})",
             f"non-DP {r['nondp-examples-per-s']:.1f} ex/s ({r['nondp-setting'][6:]})",
-            f"{r['dp-over-nondp']:.2f}x slower (1 core: {r['dp-over-nondp-1-core']:.2f}x)")
+            f"{r['dp-over-nondp']:.2f}x slower (1 thread: {r['dp-over-nondp-1-core']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
