@@ -15,8 +15,9 @@ from shared.errors import ConfigError
 #: DDIM steps when sampling. 25 steps give the Frechet distance of 1000-step DDPM to within
 #: a few per cent at 35-49x its speed (docs/benchmarks.md, speed.py).
 DEFAULT_SAMPLE_STEPS = 25
-#: What the generator's UNet may predict, in diffusers' ``prediction_type`` names.
-PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
+#: What the generator's UNet may predict: diffusers' ``prediction_type`` names, and ``"edm"``
+#: (Karras et al. 2022's preconditioning, see ``shared.generator.model.diffusion_target``).
+PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 
 __all__ = ["RunConfig", "TrainSettings", "load_scenario", "settings_help"]
 
@@ -225,8 +226,9 @@ class RunConfig(_Settings):
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
     model_channels: str = _opt("8,16", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
-    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0), epsilon or "
-                                "v_prediction", choices=PREDICTION_TYPES)
+    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0), epsilon, "
+                                "v_prediction, or edm (x0 = c_skip * input + c_out * output "
+                                "with sigma_data 0.5)", choices=PREDICTION_TYPES)
     warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
                                           "pixel sums with this Gaussian noise multiplier once "
                                           "per run (charged to its ledger); the server pretrains "

@@ -9,6 +9,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from opacus.optimizers import DPOptimizer
 from PIL import Image
 
+from shared.config import PREDICTION_TYPES
 from shared.generator import (
     GeneratorConfig,
     build_train_scheduler,
@@ -21,8 +22,9 @@ from shared.generator import (
     to_uint8,
     train_dp,
 )
+from shared.generator import model as model_module
 from shared.generator.generate import generate_to_folder
-from shared.generator.model import diffusion_target
+from shared.generator.model import diffusion_target, scheduler_output, scheduler_prediction_type
 from shared.generator.persample import PerExampleGrads
 from shared.generator.train import noisy_mean_gradient
 
@@ -44,7 +46,7 @@ def _draws(b: int, k: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("method", ["vmap", "hooks"])
-@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(prediction, method):
     # Prepare
     unet, sched = _model()
@@ -72,11 +74,13 @@ def test_per_example_grads_equal_naive_backward_with_noise_multiplicity(predicti
             torch.testing.assert_close(grads[name][i], p.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
 def test_diffusion_target_is_what_the_diffusers_scheduler_reads(prediction):
     # Prepare: the scheduler's own forward process and, for v, its get_velocity
     sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=2,
                                                   prediction_type=prediction))
+    reader = DDPMScheduler.from_config(sched.config,
+                                       prediction_type=scheduler_prediction_type(prediction))
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand((4, 1, 8, 8), generator=gen) * 2 - 1
     noise = torch.randn((4, 1, 8, 8), generator=gen)
@@ -85,12 +89,30 @@ def test_diffusion_target_is_what_the_diffusers_scheduler_reads(prediction):
     # Execute: the target, then diffusers' x0 recovered from a perfect prediction of it
     target = diffusion_target(prediction, x0, noise, a)
     noisy = sched.add_noise(x0, noise, t)
-    x0_hat = torch.stack([sched.step(target[i:i + 1], int(t[i]), noisy[i:i + 1])
+    output = scheduler_output(prediction, target, noisy, a)
+    x0_hat = torch.stack([reader.step(output[i:i + 1], int(t[i]), noisy[i:i + 1])
                           .pred_original_sample[0] for i in range(4)])
     # Assert
     torch.testing.assert_close(x0_hat, x0.clamp(-1, 1), atol=1e-4, rtol=1e-4)
     if prediction == "v_prediction":
         torch.testing.assert_close(target, sched.get_velocity(x0, noise, t))
+
+
+def test_edm_target_has_unit_scale_and_is_minus_v_at_sigma_data_one(monkeypatch):
+    # Prepare: data of EDM's scale (std 0.5) at every noise level of the schedule
+    sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=2))
+    gen = torch.Generator().manual_seed(0)
+    t = torch.arange(0, 1000, 50)
+    x0 = torch.randn((len(t), 1, 64, 64), generator=gen) * 0.5
+    noise = torch.randn(x0.shape, generator=gen)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    # Execute
+    std = diffusion_target("edm", x0, noise, a).std(dim=(1, 2, 3))
+    monkeypatch.setattr(model_module, "EDM_SIGMA_DATA", 1.0)
+    at_one = diffusion_target("edm", x0, noise, a)
+    # Assert: unit scale at low, middle and high noise alike; sigma_data 1 is v-prediction
+    torch.testing.assert_close(std, torch.ones_like(std), atol=0.05, rtol=0)
+    torch.testing.assert_close(at_one, -sched.get_velocity(x0, noise, t))
 
 
 def test_hooks_refuse_a_layer_they_cannot_split_per_example():

@@ -23,6 +23,8 @@ __all__ = [
     "GENERATOR_FILE",
     "PREDICTION_TYPES",
     "diffusion_target",
+    "scheduler_output",
+    "scheduler_prediction_type",
 ]
 
 GENERATOR_FILE = "fedaug_generator.json"
@@ -52,8 +54,9 @@ class GeneratorConfig:
         DDPM beta schedule.
     prediction_type : str (default: "sample")
         What the UNet predicts: ``"sample"`` (the clean image x0), ``"epsilon"`` (the noise)
-        or ``"v_prediction"`` (``sqrt(a) * noise - sqrt(1 - a) * x0``, whose implied x0 is
-        close to the noisy input at low noise and to the prediction at high noise). Under
+        ``"v_prediction"`` (``sqrt(a) * noise - sqrt(1 - a) * x0``, whose implied x0 is
+        close to the noisy input at low noise and to the prediction at high noise) or
+        ``"edm"`` (EDM's preconditioning, see :func:`diffusion_target`). Under
         DP-SGD x0-prediction learns far faster on small data than epsilon (see
         docs/dp-recipe.md).
     """
@@ -121,17 +124,59 @@ class GeneratorConfig:
                               value=d, fix="Use matching fedaug versions on server and sites.") from err
 
 
+#: The data scale of EDM's preconditioning (Karras et al. 2022, "Elucidating the Design Space
+#: of Diffusion-Based Generative Models"), its value for images in [-1, 1].
+EDM_SIGMA_DATA = 0.5
+
+
+def _edm_scales(alpha_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's c_skip and c_out at ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``, written for x_t
+    (EDM's x0 + sigma * noise is x_t / sqrt(a), sigma^2 = (1 - a) / a): the denoised image is
+    ``skip * x_t + out * F``; also returns ``sqrt(1 - a + sigma_data^2 a)``."""
+    a = alpha_cumprod
+    sd = EDM_SIGMA_DATA
+    norm = (1 - a + sd * sd * a).sqrt()
+    return sd * sd * a.sqrt() / norm ** 2, sd * (1 - a).sqrt() / norm, norm
+
+
 def diffusion_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,
                      alpha_cumprod: torch.Tensor) -> torch.Tensor:
     """What the UNet is trained to output for ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``
-    (``alpha_cumprod`` = a, broadcastable), as diffusers' schedulers read its output."""
+    (``alpha_cumprod`` = a, broadcastable), as diffusers' schedulers read it after
+    :func:`scheduler_output`.
+
+    ``"edm"``: the UNet output F gives ``x0 = c_skip * x_t + c_out * F`` with EDM's
+    ``sigma_data`` = 0.5, so the denoised image is mostly the network's guess at high noise and
+    mostly the input at low noise; the target ``(x0 - c_skip x_t) / c_out`` has unit scale at
+    every noise level. With ``sigma_data`` = 1 the same formula is minus v-prediction, whose
+    hand-over from guess to input sits at a four times higher noise variance.
+    """
     if prediction_type == "sample":
         return x0
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
         return alpha_cumprod.sqrt() * noise - (1 - alpha_cumprod).sqrt() * x0
+    if prediction_type == "edm":
+        a, sd = alpha_cumprod, EDM_SIGMA_DATA
+        _, _, norm = _edm_scales(a)
+        return ((1 - a).sqrt() * x0 / sd - sd * a.sqrt() * noise) / norm
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def scheduler_output(prediction_type: str, output: torch.Tensor, x_t: torch.Tensor,
+                     alpha_cumprod: torch.Tensor) -> torch.Tensor:
+    """The UNet output as a diffusers scheduler of :func:`scheduler_prediction_type` reads it:
+    the output itself for diffusers' own types, the denoised image for ``"edm"``."""
+    if prediction_type != "edm":
+        return output
+    skip, out, _ = _edm_scales(alpha_cumprod)
+    return skip * x_t + out * output
+
+
+def scheduler_prediction_type(prediction_type: str) -> str:
+    """The diffusers ``prediction_type`` a sampling scheduler needs for :func:`scheduler_output`."""
+    return "sample" if prediction_type == "edm" else prediction_type
 
 
 def _norm_groups(channels: tuple[int, ...]) -> int:

@@ -12,6 +12,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from shared.config import DEFAULT_SAMPLE_STEPS
+from shared.generator.model import scheduler_output, scheduler_prediction_type
 
 __all__ = ["sample_images", "to_uint8", "make_grid", "write_sample_grid"]
 
@@ -38,11 +39,14 @@ def sample_images(
     size = unet.config.sample_size
     channels = unet.config.in_channels
     gen = torch.Generator(device=device).manual_seed(seed)
+    prediction = scheduler.config.prediction_type
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    kind = {"prediction_type": scheduler_prediction_type(prediction)}
     if sampler == "ddim":
-        sched = DDIMScheduler.from_config(scheduler.config)
+        sched = DDIMScheduler.from_config(scheduler.config, **kind)
         sched.set_timesteps(num_inference_steps)
     elif sampler == "ddpm":
-        sched = DDPMScheduler.from_config(scheduler.config)
+        sched = DDPMScheduler.from_config(scheduler.config, **kind)
         sched.set_timesteps(scheduler.config.num_train_timesteps)
     else:
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
@@ -59,8 +63,9 @@ def sample_images(
         y = labels[s:s + chunk]
         x = torch.randn((len(y), channels, size, size), generator=gen, device=device)
         for t in sched.timesteps:
-            eps = unet(x, t, class_labels=y).sample
-            x = sched.step(eps, t, x, generator=gen).prev_sample
+            output = scheduler_output(prediction, unet(x, t, class_labels=y).sample, x,
+                                      alphas[t])
+            x = sched.step(output, t, x, generator=gen).prev_sample
         out.append(x.clamp(-1, 1))
     unet.train(was_training)
     if not out:
