@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -26,12 +24,7 @@ from shared.generator import (
 )
 from shared.generator import model as model_module
 from shared.generator.generate import generate_to_folder
-from shared.generator.model import (
-    diffusion_target,
-    draw_timesteps,
-    scheduler_output,
-    scheduler_prediction_type,
-)
+from shared.generator.model import diffusion_target, scheduler_output, scheduler_prediction_type
 from shared.generator.persample import PerExampleGrads
 from shared.generator.train import noisy_mean_gradient
 
@@ -120,27 +113,6 @@ def test_edm_target_has_unit_scale_and_is_minus_v_at_sigma_data_one(monkeypatch)
     # Assert: unit scale at low, middle and high noise alike; sigma_data 1 is v-prediction
     torch.testing.assert_close(std, torch.ones_like(std), atol=0.05, rtol=0)
     torch.testing.assert_close(at_one, -sched.get_velocity(x0, noise, t))
-
-
-def test_edm_timesteps_mix_uniform_and_edms_log_normal_noise_levels():
-    # Prepare
-    sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=2))
-    a = sched.alphas_cumprod.float()
-    sigma = ((1 - a) / a).sqrt()
-    gen = torch.Generator().manual_seed(0)
-
-    def log_normal_above(s: float) -> float:  # P(sigma > s) under ln(sigma) ~ N(-1.2, 1.2^2)
-        return 0.5 * math.erfc((math.log(s) + 1.2) / (1.2 * math.sqrt(2)))
-
-    # Execute
-    t_edm = draw_timesteps("edm", a, (40000,), gen)
-    t_uniform = draw_timesteps("sample", a, (40000,), gen)
-    # Assert: half uniform timesteps, half EDM's noise levels, at low and high noise alike
-    for t_cut in (100, 500, 900):
-        expected = 0.5 * (1 - t_cut / 1000) + 0.5 * log_normal_above(float(sigma[t_cut]))
-        assert float((t_edm >= t_cut).float().mean()) == pytest.approx(expected, abs=0.01)
-    assert float(t_uniform.float().mean()) == pytest.approx(499.5, abs=10)
-    assert int(t_edm.min()) >= 0 and int(t_edm.max()) <= 999
 
 
 def test_hooks_refuse_a_layer_they_cannot_split_per_example():

@@ -23,7 +23,6 @@ __all__ = [
     "GENERATOR_FILE",
     "PREDICTION_TYPES",
     "diffusion_target",
-    "draw_timesteps",
     "scheduler_output",
     "scheduler_prediction_type",
 ]
@@ -163,30 +162,6 @@ def diffusion_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor
         _, _, norm = _edm_scales(a)
         return ((1 - a).sqrt() * x0 / sd - sd * a.sqrt() * noise) / norm
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-
-
-#: EDM's training noise levels: ln(sigma) ~ N(-1.2, 1.2^2) (Karras et al. 2022, Table 1).
-EDM_LOG_SIGMA_MEAN, EDM_LOG_SIGMA_STD = -1.2, 1.2
-
-
-def draw_timesteps(prediction_type: str, alpha_cumprod: torch.Tensor, shape: tuple[int, ...],
-                   generator: torch.Generator) -> torch.Tensor:
-    """Training timesteps: uniform over the schedule; for ``"edm"`` each draw is, with
-    probability 1/2, EDM's log-normal noise level instead, mapped to the first timestep whose
-    ``sigma = sqrt((1 - a) / a)`` reaches it. The uniform half trains the high noise levels
-    where the class is decided; EDM's half the low ones, where the denoiser must tell noise
-    from detail (EDM's levels alone gave the sharpest but least class-true samples)."""
-    device = alpha_cumprod.device
-    t_max = len(alpha_cumprod)
-    uniform = torch.randint(0, t_max, shape, generator=generator, device=device)
-    if prediction_type != "edm":
-        return uniform
-    log_sigma = torch.randn(shape, generator=generator, device=device) * EDM_LOG_SIGMA_STD \
-        + EDM_LOG_SIGMA_MEAN
-    sigmas = ((1 - alpha_cumprod) / alpha_cumprod).sqrt()
-    edm = torch.searchsorted(sigmas, log_sigma.exp().contiguous()).clamp(max=t_max - 1)
-    pick = torch.rand(shape, generator=generator, device=device) < 0.5
-    return torch.where(pick, edm, uniform)
 
 
 def scheduler_output(prediction_type: str, output: torch.Tensor, x_t: torch.Tensor,

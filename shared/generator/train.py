@@ -26,7 +26,7 @@ from opacus.data_loader import DPDataLoader
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.generator.model import diffusion_target, draw_timesteps
+from shared.generator.model import diffusion_target
 from shared.generator.persample import PerExampleGrads
 
 __all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss",
@@ -237,6 +237,7 @@ def train_dp(
         raise RuntimeError(f"sample rate drifted: asked {sample_rate}, Opacus uses {actual_q}")
     alphas = _alphas(scheduler, device)
     prediction = scheduler.config.prediction_type
+    t_max = scheduler.config.num_train_timesteps
     per_example = PerExampleGrads(unet)
     named = [(k, p) for k, p in unet.named_parameters() if p.requires_grad]
     unet.train()
@@ -254,7 +255,7 @@ def train_dp(
                     b, k = xb.shape[0], noise_multiplicity
                     x0 = _draw_views(xb, k, augment, torch_gen_dev)
                     noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
-                    t = draw_timesteps(prediction, alphas, (b, k), torch_gen_dev)
+                    t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
                     summed, losses, _ = per_example.clipped_sum(
                         x0, yb, noise, t, alphas, max_grad_norm=max_grad_norm,
                         prediction_type=prediction, pad_to=pad_to)
@@ -300,7 +301,7 @@ def train_nondp(
     gen = torch.Generator(device=device).manual_seed(seed)
     optimizer = _adam(unet.parameters(), learning_rate)
     alphas = _alphas(scheduler, device)
-    prediction = scheduler.config.prediction_type
+    t_max = scheduler.config.num_train_timesteps
     n = images.shape[0]
     unet.train()
     loss_sum, t0 = 0.0, time.perf_counter()
@@ -310,9 +311,9 @@ def train_nondp(
         b, k = xb.shape[0], noise_multiplicity
         x0 = _draw_views(xb, k, augment, gen).reshape(b * k, *xb.shape[1:])
         noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = draw_timesteps(prediction, alphas, (b * k,), gen)
+        t = torch.randint(0, t_max, (b * k,), generator=gen, device=device)
         loss = diffusion_loss(unet, x0, yb.repeat_interleave(k), noise, t, alphas,
-                              prediction_type=prediction)
+                              prediction_type=scheduler.config.prediction_type)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
