@@ -220,6 +220,35 @@ def test_train_dp_changes_weights_and_counts_steps():
     assert not any(m._forward_hooks for m in unet.modules())  # the hooks are removed
 
 
+class _OracleUNet(torch.nn.Module):
+    """Outputs what a perfectly trained UNet would for one known clean image x0."""
+
+    def __init__(self, x0: torch.Tensor, alphas: torch.Tensor, prediction: str) -> None:
+        super().__init__()
+        self.x0, self.alphas, self.prediction = x0, alphas, prediction
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # for the sampler's device lookup
+        self.config = type("Config", (), {"sample_size": x0.shape[-1],
+                                          "in_channels": x0.shape[1], "num_class_embeds": 1})
+
+    def forward(self, x_t, t, class_labels=None):
+        a = self.alphas[t]
+        noise = (x_t - a.sqrt() * self.x0) / (1 - a).sqrt()
+        return type("Out", (), {"sample": diffusion_target(self.prediction, self.x0, noise, a)})
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+def test_sampler_returns_the_image_a_perfect_unet_predicts(prediction):
+    # Prepare: a UNet that knows the answer, in each target's own terms
+    sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=1,
+                                                  prediction_type=prediction))
+    x0 = torch.rand((3, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9
+    oracle = _OracleUNet(x0, sched.alphas_cumprod.float(), prediction)
+    # Execute
+    images = sample_images(oracle, sched, [0, 0, 0], num_inference_steps=10, seed=0)
+    # Assert: every step's denoised guess is x0, so DDIM lands on it
+    torch.testing.assert_close(images, x0, atol=1e-3, rtol=0)
+
+
 def test_sample_shape_and_range():
     unet, sched = _model()
     x = sample_images(unet, sched, [0, 1, 2, 2], num_inference_steps=2, seed=0)
