@@ -231,7 +231,9 @@ class RunConfig(_Settings):
                                 "with sigma_data 0.5)", choices=PREDICTION_TYPES)
     warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
                                           "pixel sums with this Gaussian noise multiplier once "
-                                          "per run (charged to its ledger); the server pretrains "
+                                          "per run (charged to its ledger; a site raises it so "
+                                          "the release spends at most half of the budget it has "
+                                          "left); the server pretrains "
                                           "on the resulting central images (0 = off)", lo=0.0)
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",

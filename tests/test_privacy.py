@@ -208,3 +208,40 @@ def test_local_epochs_plan_many_subsampled_steps_on_a_large_site_and_few_on_a_sm
     assert (plans[1000].sample_rate, plans[1000].steps) == (0.1, 10)
     assert (plans[60].sample_rate, plans[60].steps) == (1.0, 1)
     assert TrainSettings(batch_size=100).steps_per_round(0.1) == 1  # local-steps otherwise
+
+
+def test_warmup_release_keeps_the_asked_noise_when_the_budget_affords_it(tmp_path):
+    from client.warmup import release_noise_multiplier
+
+    ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
+    # epsilon 10: sigma 2 costs 2.17, under half the budget
+    assert release_noise_multiplier(2.0, ledger, 10.0) == 2.0
+
+
+def test_warmup_release_adds_noise_to_fit_half_of_a_small_budget(tmp_path):
+    from client.warmup import release_noise_multiplier
+
+    ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
+    # epsilon 1: sigma 2 alone would spend 2.17 and the site used to decline
+    assert compose_epsilon([(2.0, 1.0, 1)], delta=1e-5) > 1.0
+    sigma = release_noise_multiplier(2.0, ledger, 1.0)
+    assert sigma is not None and 6.0 < sigma < 10.0
+    assert compose_epsilon([(sigma, 1.0, 1)], delta=1e-5) == pytest.approx(0.5, rel=0.01)
+    assert compose_epsilon([(sigma, 1.0, 1)], delta=1e-5) <= 0.5
+
+
+def test_warmup_release_takes_half_of_what_is_left_after_earlier_runs(tmp_path):
+    from client.warmup import release_noise_multiplier
+
+    ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
+    ledger.append(mechanism="dp-sgd", noise_multiplier=3.0, sample_rate=1.0, steps=20,
+                  run="earlier", round=1)
+    spent = ledger.epsilon()
+    # sigma 2 would add 0.49 on top of this history; half of the 0.4 left is 0.2
+    budget = spent + 0.4
+    sigma = release_noise_multiplier(2.0, ledger, budget)
+    after = compose_epsilon([*ledger.history(), (sigma, 1.0, 1)], delta=1e-5)
+    assert sigma > 2.0
+    assert after == pytest.approx(spent + 0.2, abs=2e-3) and after <= spent + 0.2 + 1e-9
+    # a site with almost nothing left declines rather than spend it
+    assert release_noise_multiplier(2.0, ledger, spent + 1e-4) is None
