@@ -68,7 +68,9 @@ def handle_warmup(msg: Message, context: Context) -> Message:
     release = release_class_sums(site=site, run=run,
                                  noise_multiplier=float(cfg[keys.WARMUP_NOISE_MULTIPLIER]),
                                  num_classes=gen_config.num_classes,
-                                 image_size=gen_config.image_size, run_id=str(cfg[keys.RUN_ID]))
+                                 image_size=gen_config.image_size, run_id=str(cfg[keys.RUN_ID]),
+                                 release_size=int(cfg[keys.WARMUP_SIZE]) if keys.WARMUP_SIZE in cfg
+                                 else None)
     ledger_eps = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta).epsilon()
     content = RecordDict({
         keys.METRICS: MetricRecord({keys.EPSILON: ledger_eps, keys.DELTA: site.delta}),

@@ -67,14 +67,16 @@ def release_noise_multiplier(requested: float, ledger: PrivacyLedger, budget: fl
 
 
 def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
-                       num_classes: int, image_size: int, run_id: str
-                       ) -> dict[str, np.ndarray] | None:
+                       num_classes: int, image_size: int, run_id: str,
+                       release_size: int | None = None) -> dict[str, np.ndarray] | None:
     """Noised ``class-sums`` (K, D) and ``class-counts`` (K,), or None if the budget forbids.
 
     The noise multiplier is the server's ``noise_multiplier`` or, where that would spend more
     than half of the budget left, the larger one that spends half
-    (:func:`release_noise_multiplier`). Released once per run: a repeated request gets the
-    same stored release (free).
+    (:func:`release_noise_multiplier`). ``release_size`` < ``image_size`` sums
+    area-downsampled images instead: each pixel is still in ``[-1, 1]``, so the bound
+    ``sqrt(D + 1)`` holds with the smaller D, and the noise per pixel shrinks with the side.
+    Released once per run: a repeated request gets the same stored release (free).
     """
     ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
     path = site.state_dir / WARMUP_FILE
@@ -101,6 +103,8 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     if x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False)
+    if release_size is not None and release_size < image_size:
+        x = torch.nn.functional.interpolate(x, size=(release_size, release_size), mode="area")
     flat = x.flatten(1).double()
     y = torch.from_numpy(data.labels).long()
     sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, y, flat)

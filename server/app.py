@@ -95,11 +95,17 @@ def load_policy(spec: str) -> Policy:
 def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: Any,
                 run_id: str, out: Path) -> ArrayRecord:
     """Round 0: DP central images from the sites, pretraining on them (see server/warmup.py)."""
+    size = min(run.warmup_size or gen_config.image_size, gen_config.image_size)
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
-                           keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier})
-    shape = (gen_config.channels, gen_config.image_size, gen_config.image_size)
+                           keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
+                           keys.WARMUP_SIZE: size})
     means = collect_central_images(grid, config, num_classes=gen_config.num_classes,
-                                   image_shape=shape, timeout=run.round_timeout_s)
+                                   image_shape=(gen_config.channels, size, size),
+                                   timeout=run.round_timeout_s)
+    if means is not None and size != gen_config.image_size:
+        means = torch.nn.functional.interpolate(
+            torch.from_numpy(means), size=(gen_config.image_size,) * 2, mode="bilinear",
+            align_corners=False).numpy()
     if means is not None:
         loss = pretrain_on_central_images(unet, build_train_scheduler(gen_config), means,
                                           steps=run.warmup_steps, seed=run.seed)

@@ -235,6 +235,10 @@ class RunConfig(_Settings):
                                           "the release spends at most half of the budget it has "
                                           "left); the server pretrains "
                                           "on the resulting central images (0 = off)", lo=0.0)
+    warmup_size: int = _opt(0, "side of the images whose class sums the warm start releases "
+                            "(0 = the generator's image size); half the side halves the noise "
+                            "per pixel at the same epsilon, and the server upsamples the "
+                            "central images", lo=0, hi=512)
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)

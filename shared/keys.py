@@ -13,6 +13,7 @@ RUN_ID = "run-id"
 NUM_ROUNDS = "num-server-rounds"
 POLICY = "policy"  # JSON string of the (global) augmentation policy
 WARMUP_NOISE_MULTIPLIER = "warmup-noise-multiplier"
+WARMUP_SIZE = "warmup-size"
 
 # --- ConfigRecord keys, site -> server ------------------------------------------
 SITE = "site"

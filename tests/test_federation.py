@@ -92,6 +92,27 @@ def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
         assert len(cfg["site"]) < 64 and cfg["status"] in {"trained", "budget-exhausted"}
 
 
+def test_warmup_release_at_a_smaller_size_and_a_small_budget(tmp_path):
+    # Prepare: epsilon 1 (the asked sigma 2 would spend 2.17) and 4x4 sums of the 8x8 digits
+    run = _run(tmp_path, **{"epsilon": 1.0, "warmup-size": 4})
+    captured: list[Message] = []
+    # Execute
+    simulate(run, num_sites=2, capture=captured, progress=False, audit=False)
+    # Assert: every site released 4x4 class sums, at a raised sigma that spends half
+    warmups = [m for m in captured if m.metadata.message_type == "query"]
+    assert len(warmups) == 2
+    for msg in warmups:
+        assert tuple(msg.content["arrays"]["class-sums"].shape) == (10, 16)
+        assert msg.content["config"]["status"] == "released"
+    for site in ("site-0", "site-1"):
+        ledger = PrivacyLedger(tmp_path / "out" / "sites" / site, site=site, delta=run.delta)
+        first = ledger.entries[0]
+        assert first.mechanism == "gaussian" and first.noise_multiplier > 2.0
+        assert compose_epsilon([(first.noise_multiplier, 1.0, 1)], delta=run.delta) <= 0.5
+        assert ledger.epsilon() <= 1.0
+    assert (tmp_path / "out" / "central_images.png").stat().st_size > 0
+
+
 def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
     # Prepare: every site has budget 1.0 and a fixed sigma, so steps are cut, then refused
     # (no warm start: at this budget it would take half, and the DP-SGD cut is under test)
