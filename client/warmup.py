@@ -22,6 +22,7 @@ from client.site import SiteContext, load_site_data
 from client.train import images_to_tensor
 from shared.atomic import atomic_write_bytes
 from shared.config import RunConfig
+from shared.errors import ConfigError
 from shared.generator.train import secure_noise_generator
 from shared.privacy import PrivacyLedger, compose_epsilon
 
@@ -103,6 +104,10 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     if x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False)
+    if release_size is not None and not 1 <= release_size <= image_size:
+        raise ConfigError("The warm-up release size must be between 1 and the image size.",
+                          value=release_size, fix=f"Set warmup-size to 0 (= {image_size}) or "
+                          f"a side in 1..{image_size} on the server.")
     if release_size is not None and release_size < image_size:
         x = torch.nn.functional.interpolate(x, size=(release_size, release_size), mode="area")
     flat = x.flatten(1).double()

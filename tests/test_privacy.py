@@ -245,3 +245,24 @@ def test_warmup_release_takes_half_of_what_is_left_after_earlier_runs(tmp_path):
     assert after == pytest.approx(spent + 0.2, abs=2e-3) and after <= spent + 0.2 + 1e-9
     # a site with almost nothing left declines rather than spend it
     assert release_noise_multiplier(2.0, ledger, spent + 1e-4) is None
+
+
+def test_warmup_release_refuses_a_bad_size_before_spending(tmp_path):
+    from client.site import SiteContext
+    from client.warmup import release_class_sums
+    from shared.config import RunConfig
+    from shared.errors import ConfigError
+
+    site = SiteContext(name="s", state_dir=tmp_path, data="digits", partition_id=0,
+                       num_partitions=2, epsilon_budget=10.0, delta=1e-5)
+    run = RunConfig.from_mapping({"data": "digits"}, source="test")
+    with pytest.raises(ConfigError, match="warm-up release size") as err:
+        release_class_sums(site=site, run=run, noise_multiplier=2.0, num_classes=10,
+                           image_size=8, run_id="r", release_size=0)
+    assert "warmup-size" in str(err.value)
+    assert len(PrivacyLedger(tmp_path, site="s", delta=1e-5).entries) == 0
+    # a valid size releases sums of that many pixels per class
+    release = release_class_sums(site=site, run=run, noise_multiplier=2.0, num_classes=10,
+                                 image_size=8, run_id="r", release_size=4)
+    assert release["class-sums"].shape == (10, 16)
+    assert len(PrivacyLedger(tmp_path, site="s", delta=1e-5).entries) == 1
