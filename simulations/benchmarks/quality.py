@@ -1,8 +1,9 @@
 """Quality benchmark: does the federated DP generator help on PneumoniaMNIST?
 
 5 sites, Dirichlet alpha 0.5, epsilon 10 per site (delta 1e-5), then the same at epsilon 1,
-with the recipe in simulations/pneumonia.toml (``--set KEY=VALUE`` overrides it). Reports TSTR accuracy and AUC on the official test split, the real-data reference (TRTR),
-the smallest site's gain from the federated synthetic data, fidelity and wall time.
+with the recipe in simulations/pneumonia.toml (``--set KEY=VALUE`` overrides it). Reports
+TSTR accuracy and AUC on the official test split, the real-data reference (TRTR), the
+smallest site's gain from the federated synthetic data, fidelity and wall time.
 
     python simulations/benchmarks/quality.py                 # both budgets, table
     python simulations/benchmarks/quality.py --epsilon 10 --json
