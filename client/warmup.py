@@ -79,6 +79,10 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     ``sqrt(D + 1)`` holds with the smaller D, and the noise per pixel shrinks with the side.
     Released once per run: a repeated request gets the same stored release (free).
     """
+    if release_size is not None and not 1 <= release_size <= image_size:
+        raise ConfigError("The warm-up release size must be between 1 and the image size.",
+                          value=release_size, fix=f"Set warmup-size to 0 (= {image_size}) or "
+                          f"a side in 1..{image_size} on the server.")
     ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
     path = site.state_dir / WARMUP_FILE
     try:
@@ -104,10 +108,6 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     if x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
                                             align_corners=False)
-    if release_size is not None and not 1 <= release_size <= image_size:
-        raise ConfigError("The warm-up release size must be between 1 and the image size.",
-                          value=release_size, fix=f"Set warmup-size to 0 (= {image_size}) or "
-                          f"a side in 1..{image_size} on the server.")
     if release_size is not None and release_size < image_size:
         x = torch.nn.functional.interpolate(x, size=(release_size, release_size), mode="area")
     flat = x.flatten(1).double()
