@@ -23,6 +23,10 @@ def test_scenarios_are_valid_run_configs():
         scenario = load_scenario(path)
         scenario.pop("num-sites", None)
         RunConfig.from_mapping(scenario, source=str(path))
+        # the quality benchmark's per-budget tables (simulations/benchmarks/quality.py)
+        for budget, extra in tomllib.loads(path.read_text()).get("per-epsilon", {}).items():
+            RunConfig.from_mapping({**scenario, **extra, "epsilon": float(budget)},
+                                   source=f"{path} [per-epsilon.{budget}]")
 
 
 def test_bad_settings_are_all_listed():
