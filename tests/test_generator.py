@@ -21,6 +21,7 @@ from shared.generator import (
     save_generator,
     to_uint8,
     train_dp,
+    train_nondp,
 )
 from shared.generator import model as model_module
 from shared.generator.generate import generate_to_folder
@@ -218,6 +219,25 @@ def test_train_dp_changes_weights_and_counts_steps():
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
     assert all(getattr(p, "grad_sample", None) is None for p in unet.parameters())
     assert not any(m._forward_hooks for m in unet.modules())  # the hooks are removed
+
+
+def test_train_nondp_in_chunks_takes_the_same_step_as_one_batch():
+    """The benchmark baseline accumulates chunks of a large batch: same loss, same gradient."""
+    images = torch.rand(10, 1, 8, 8) * 2 - 1
+    labels = torch.randint(0, 3, (10,))
+    runs = []
+    for chunk in (256, 3):
+        unet, sched = _model()
+        out = train_nondp(unet, sched, images, labels, steps=1, batch_size=10,
+                          learning_rate=1e-3, noise_multiplicity=2, chunk=chunk)
+        # the step's gradient is left in .grad (zeroed at the start of the next step)
+        runs.append((out.loss, [p.grad.clone() for p in unet.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = runs
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    scale = max(g.abs().max() for g in grads_a)
+    assert scale > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+               for a, b in zip(grads_a, grads_b, strict=True))
 
 
 class _OracleUNet(torch.nn.Module):

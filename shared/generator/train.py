@@ -295,8 +295,16 @@ def train_nondp(
     noise_multiplicity: int = 1,
     augment: Augment | None = None,
     seed: int = 0,
+    chunk: int = 256,
 ) -> TrainOutcome:
-    """The same objective without privacy (a baseline for benchmarks; never used by sites)."""
+    """The same objective without privacy (a baseline for benchmarks; never used by sites).
+
+    Batches larger than ``chunk`` examples are processed ``chunk`` at a time, their
+    gradients accumulated before the one optimizer step, as the DP step does
+    (:meth:`PerExampleGrads.clipped_sum`). In one speed.py run at 28x28 an unchunked pass
+    over 512 examples and K = 2 draws ran at 189 examples/s against 253 for 64-example steps
+    (chunked: 282 in the next run), so an unchunked baseline would flatter DP.
+    """
     device = next(unet.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     optimizer = _adam(unet.parameters(), learning_rate)
@@ -312,11 +320,14 @@ def train_nondp(
         x0 = _draw_views(xb, k, augment, gen).reshape(b * k, *xb.shape[1:])
         noise = torch.randn(x0.shape, generator=gen, device=device)
         t = torch.randint(0, t_max, (b * k,), generator=gen, device=device)
-        loss = diffusion_loss(unet, x0, yb.repeat_interleave(k), noise, t, alphas,
-                              prediction_type=scheduler.config.prediction_type)
+        yk = yb.repeat_interleave(k)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for s in range(0, b * k, chunk * k):  # rows of whole examples, chunk at a time
+            part = slice(s, s + chunk * k)
+            loss = diffusion_loss(unet, x0[part], yk[part], noise[part], t[part], alphas,
+                                  prediction_type=scheduler.config.prediction_type)
+            (loss * (x0[part].shape[0] / (b * k))).backward()
+            loss_sum += loss.item() * x0[part].shape[0] / (b * k)
         optimizer.step()
-        loss_sum += loss.item()
     return TrainOutcome(steps=steps, loss=loss_sum / max(steps, 1),
                         seconds=time.perf_counter() - t0, examples_seen=steps * batch_size)
