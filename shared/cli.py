@@ -44,18 +44,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     _quiet_libraries(args.verbose)
 
-    scenario = load_scenario(args.config or DEFAULT_SCENARIO)
-    num_sites = int(scenario.pop("num-sites", 5))
     flags = {"num-server-rounds": args.rounds, "epsilon": args.epsilon, "alpha": args.alpha,
              "data": args.data, "out-dir": args.out, "seed": args.seed}
-    scenario.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise FedaugError(f"--set expects KEY=VALUE, got {item!r}.",
                               fix="e.g. --set local-steps=20")
         # a string: the typed settings coerce it (so model-channels=16 stays a string)
-        scenario[key.strip()] = value.strip()
+        given[key.strip()] = value.strip()
+    scenario = load_scenario(args.config or DEFAULT_SCENARIO, given)
+    num_sites = int(scenario.pop("num-sites", 5))
     if args.sites is not None:
         num_sites = args.sites
     if num_sites < 1:

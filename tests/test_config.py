@@ -20,13 +20,26 @@ def test_pyproject_run_config_mirrors_the_defaults():
 
 def test_scenarios_are_valid_run_configs():
     for path in (ROOT / "simulations").glob("*.toml"):
-        scenario = load_scenario(path)
-        scenario.pop("num-sites", None)
-        RunConfig.from_mapping(scenario, source=str(path))
-        # the quality benchmark's per-budget tables (simulations/benchmarks/quality.py)
-        for budget, extra in tomllib.loads(path.read_text()).get("per-epsilon", {}).items():
-            RunConfig.from_mapping({**scenario, **extra, "epsilon": float(budget)},
-                                   source=f"{path} [per-epsilon.{budget}]")
+        budgets = [None, *tomllib.loads(path.read_text()).get("per-epsilon", {})]
+        for budget in budgets:  # the file's own epsilon, then each [per-epsilon.<budget>]
+            scenario = load_scenario(path, None if budget is None else {"epsilon": budget})
+            scenario.pop("num-sites", None)
+            RunConfig.from_mapping(scenario, source=f"{path} at epsilon {budget}")
+
+
+def test_scenario_layers_per_epsilon_table_then_overrides(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('[fedaug]\nepsilon = 10.0\nwarmup-size = 0\nseed = 3\n\n'
+                    '[per-epsilon.1]\nwarmup-size = 14\n\n[per-epsilon."0.5"]\nseed = 4\n')
+    assert load_scenario(path)["warmup-size"] == 0
+    assert load_scenario(path, {"epsilon": 1.0})["warmup-size"] == 14
+    assert load_scenario(path, {"epsilon": "1"})["warmup-size"] == 14  # as --set gives it
+    assert load_scenario(path, {"epsilon": 0.5}) == {"epsilon": 0.5, "warmup-size": 0, "seed": 4}
+    assert load_scenario(path, {"epsilon": 1.0, "warmup-size": "7"})["warmup-size"] == "7"
+    assert load_scenario(path, {"epsilon": "x"})["warmup-size"] == 0  # RunConfig names it
+    path.write_text("[fedaug]\nepsilon = 1.0\n\n[per-epsilon]\n1 = 14\n")
+    with pytest.raises(ConfigError, match="one table of run-config keys per budget"):
+        load_scenario(path)
 
 
 def test_bad_settings_are_all_listed():

@@ -17,7 +17,6 @@ import json
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import torch
@@ -34,22 +33,11 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.np
 SCENARIO = ROOT / "simulations" / "pneumonia.toml"
 
 
-def budget_overrides(epsilon: float) -> dict:
-    """The scenario file's ``[per-epsilon.<budget>]`` keys for this budget (``{}`` if none).
-
-    ``fedaug simulate --config`` reads only the ``[fedaug]`` table; these tables hold what
-    the benchmark changes at one budget (at epsilon 1: warm-start sums of smaller images).
-    """
-    tables = tomllib.loads(SCENARIO.read_text(encoding="utf-8")).get("per-epsilon", {})
-    return dict(tables.get(f"{epsilon:g}", {}))
-
-
 def run_one(*, data: Path, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
             overrides: dict, num_samples: int) -> dict:
-    scenario = load_scenario(SCENARIO)
-    scenario.pop("num-sites", None)
-    mapping = {**scenario, **budget_overrides(epsilon), "data": str(data), "epsilon": epsilon,
-               "alpha": alpha, "seed": seed, "out-dir": str(out), **overrides}
+    mapping = load_scenario(SCENARIO, {"data": str(data), "epsilon": epsilon, "alpha": alpha,
+                                       "seed": seed, "out-dir": str(out), **overrides})
+    mapping.pop("num-sites", None)
     run = RunConfig.from_mapping(mapping, source="quality benchmark")
     t0 = time.perf_counter()
     strategy = simulate(run, num_sites=sites, progress=False, audit=False)
