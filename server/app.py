@@ -102,11 +102,11 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
     means = collect_central_images(grid, config, num_classes=gen_config.num_classes,
                                    image_shape=(gen_config.channels, size, size),
                                    timeout=run.round_timeout_s)
-    if means is not None and size != gen_config.image_size:
-        means = torch.nn.functional.interpolate(
-            torch.from_numpy(means), size=(gen_config.image_size,) * 2, mode="bilinear",
-            align_corners=False).numpy()
     if means is not None:
+        if size != gen_config.image_size:  # sums of downsampled images: back to full size
+            means = torch.nn.functional.interpolate(
+                torch.from_numpy(means), size=(gen_config.image_size,) * 2, mode="bilinear",
+                align_corners=False).numpy()
         loss = pretrain_on_central_images(unet, build_train_scheduler(gen_config), means,
                                           steps=run.warmup_steps, seed=run.seed)
         grid_img = make_grid(to_uint8(torch.from_numpy(means)), rows=1,

@@ -64,10 +64,8 @@ def pneumonia_scenario_run() -> RunConfig:
     so a step of that size on the 28x28 films is the DP step that run actually takes.
     """
     scenario = load_scenario(ROOT / "simulations" / "pneumonia.toml")
-    keys = ("prediction-type", "batch-size", "model-channels", "layers-per-block",
-            "noise-multiplicity", "max-grad-norm", "learning-rate")
-    return RunConfig.from_mapping({k: scenario[k] for k in keys if k in scenario},
-                                  source="simulations/pneumonia.toml")
+    scenario.pop("num-sites", None)
+    return RunConfig.from_mapping(scenario, source="simulations/pneumonia.toml")
 
 
 def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
