@@ -8,15 +8,15 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import resolve_site
-from client.train import run_round
-from client.warmup import release_class_sums
-from shared import keys
-from shared.augment import Policy
-from shared.config import RunConfig, TrainSettings
-from shared.generator import GeneratorConfig
-from shared.privacy import PrivacyLedger
-from shared.wire import to_wire
+from fedaug import keys
+from fedaug.augment import Policy
+from fedaug.client.site import resolve_site
+from fedaug.client.train import run_round
+from fedaug.client.warmup import release_class_sums
+from fedaug.config import RunConfig, TrainSettings
+from fedaug.generator import GeneratorConfig
+from fedaug.privacy import PrivacyLedger
+from fedaug.wire import to_wire
 
 __all__ = ["app", "handle_train", "handle_warmup"]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from shared import keys
-from shared.config import RunConfig
-from shared.data import ImageDataset, load_image_source, partition
-from shared.errors import ConfigError
+from fedaug import keys
+from fedaug.config import RunConfig
+from fedaug.data import ImageDataset, load_image_source, partition
+from fedaug.errors import ConfigError
 
 __all__ = ["SiteContext", "resolve_site", "load_site_data"]
 

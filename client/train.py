@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.site import SiteContext, load_site_data
-from shared import keys
-from shared.atomic import atomic_write_bytes, atomic_write_json
-from shared.augment import BatchAugmenter, Policy
-from shared.config import RunConfig, TrainSettings
-from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
-from shared.generator.train import poisson_sample_rate
-from shared.privacy import (
+from fedaug import keys
+from fedaug.atomic import atomic_write_bytes, atomic_write_json
+from fedaug.augment import BatchAugmenter, Policy
+from fedaug.client.site import SiteContext, load_site_data
+from fedaug.config import RunConfig, TrainSettings
+from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
+from fedaug.generator.train import poisson_sample_rate
+from fedaug.privacy import (
     PrivacyLedger,
     compose_epsilon,
     max_steps_within_budget,
@@ -189,7 +189,7 @@ def _searched_policy(site: SiteContext, ledger: PrivacyLedger, data: Any, policy
                      settings: TrainSettings, *, run_id: str, server_round: int) -> Policy:
     """The site's private policy choice for this run: made once (exponential mechanism,
     charged to the ledger before it leaves), then returned in every reply of the run."""
-    from shared.augment.search import search_site_policy
+    from fedaug.augment.search import search_site_policy
 
     path = site.state_dir / CHOICE_FILE
     stored = _read_plan(path)

@@ -18,13 +18,13 @@ import math
 import numpy as np
 import torch
 
-from client.site import SiteContext, load_site_data
-from client.train import images_to_tensor
-from shared.atomic import atomic_write_bytes
-from shared.config import RunConfig
-from shared.errors import ConfigError
-from shared.generator.train import secure_noise_generator
-from shared.privacy import PrivacyLedger, compose_epsilon
+from fedaug.atomic import atomic_write_bytes
+from fedaug.client.site import SiteContext, load_site_data
+from fedaug.client.train import images_to_tensor
+from fedaug.config import RunConfig
+from fedaug.errors import ConfigError
+from fedaug.generator.train import secure_noise_generator
+from fedaug.privacy import PrivacyLedger, compose_epsilon
 
 __all__ = ["release_class_sums", "release_noise_multiplier", "WARMUP_FILE"]
 

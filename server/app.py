@@ -13,22 +13,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.checkpoint import (
-    STATE_FILE,
-    keep_round_checkpoint,
-    load_server_state,
-    save_server_state,
-    write_global,
-)
-from server.strategy import FedAugStrategy, RoundSummary
-from server.warmup import collect_central_images, pretrain_on_central_images
-from shared import keys
-from shared.atomic import atomic_write_bytes
-from shared.augment import Policy
-from shared.config import RunConfig
-from shared.data import load_image_source
-from shared.errors import ConfigError, FedaugError
-from shared.generator import (
+from fedaug import keys
+from fedaug.atomic import atomic_write_bytes
+from fedaug.augment import Policy
+from fedaug.config import RunConfig
+from fedaug.data import load_image_source
+from fedaug.errors import ConfigError, FedaugError
+from fedaug.generator import (
     GeneratorConfig,
     build_train_scheduler,
     build_unet,
@@ -36,7 +27,16 @@ from shared.generator import (
     to_uint8,
     write_sample_grid,
 )
-from shared.privacy import PrivacyLedger
+from fedaug.privacy import PrivacyLedger
+from fedaug.server.checkpoint import (
+    STATE_FILE,
+    keep_round_checkpoint,
+    load_server_state,
+    save_server_state,
+    write_global,
+)
+from fedaug.server.strategy import FedAugStrategy, RoundSummary
+from fedaug.server.warmup import collect_central_images, pretrain_on_central_images
 
 __all__ = ["app", "main", "run_server", "generator_config_for", "load_policy"]
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 
-from shared.atomic import atomic_dir
-from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
+from fedaug.atomic import atomic_dir
+from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
+from fedaug.generator.card import MODEL_CARD
 
-__all__ = ["write_global", "keep_round_checkpoint", "read_model_card", "update_model_card", "save_server_state",
+__all__ = ["write_global", "keep_round_checkpoint", "save_server_state",
            "load_server_state", "MODEL_CARD", "STATE_FILE"]
 
-MODEL_CARD = "model_card.json"
 STATE_FILE = "server-state.pt"
 
 
@@ -38,22 +38,6 @@ def write_global(folder: str | Path, arrays: ArrayRecord, *, gen_config: Generat
     return folder
 
 
-def read_model_card(folder: str | Path) -> dict[str, Any]:
-    """The model card of a global model folder."""
-    return json.loads((Path(folder) / MODEL_CARD).read_text(encoding="utf-8"))
-
-
-
-def update_model_card(folder: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``extra`` into the model card of ``folder`` (atomic rewrite of the card)."""
-    from shared.atomic import atomic_write_json
-
-    card = read_model_card(folder)
-    card.update(extra)
-    atomic_write_json(Path(folder) / MODEL_CARD, card)
-    return card
-
-
 def save_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig,
                       raw: ArrayRecord | None, strategy: Any) -> None:
     """The server's resumable state after a round: raw (pre-EMA) weights, strategy state,
@@ -62,7 +46,7 @@ def save_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
 
     import torch
 
-    from shared.atomic import atomic_write_bytes
+    from fedaug.atomic import atomic_write_bytes
 
     if raw is None:
         return
@@ -102,7 +86,7 @@ def keep_round_checkpoint(folder: str | Path, server_round: int, source: str | P
     only the newest ``keep`` of them (0 keeps none)."""
     import shutil
 
-    from shared.atomic import atomic_dir
+    from fedaug.atomic import atomic_dir
 
     if keep <= 0:
         return None

@@ -23,10 +23,10 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from shared import keys
-from shared.augment import Policy, merge_policies
-from shared.errors import PolicyError
-from shared.wire import cast_record, record_nbytes
+from fedaug import keys
+from fedaug.augment import Policy, merge_policies
+from fedaug.errors import PolicyError
+from fedaug.wire import cast_record, record_nbytes
 
 __all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary", "combine_policies"]
 

@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from shared import keys
-from shared.generator import train_nondp
+from fedaug import keys
+from fedaug.generator import train_nondp
 
 __all__ = ["collect_central_images", "pretrain_on_central_images"]
 

@@ -1,0 +1,1 @@
+"""fedaug: federated, privacy-preserving data augmentation (the common package)."""

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.errors import ConfigError
+from fedaug.errors import ConfigError
 
 #: DDIM steps when sampling. 25 steps give the Frechet distance of 1000-step DDPM to within
 #: a few per cent at 35-49x its speed (docs/benchmarks.md, speed.py).
 DEFAULT_SAMPLE_STEPS = 25
 #: What the generator's UNet may predict: diffusers' ``prediction_type`` names, and ``"edm"``
-#: (Karras et al. 2022's preconditioning, see ``shared.generator.model.diffusion_target``).
+#: (Karras et al. 2022's preconditioning, see ``fedaug.generator.model.diffusion_target``).
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 
-__all__ = ["RunConfig", "TrainSettings", "load_scenario", "settings_help"]
+__all__ = ["RunConfig", "TrainSettings", "settings_help"]
 
 T = TypeVar("T", bound="_Settings")
 
@@ -267,41 +265,6 @@ class RunConfig(_Settings):
                 fix='Use e.g. "32,64".',
             )
         return chans
-
-
-def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
-    """Read a scenario TOML file into one mapping of run-config keys (and ``num-sites``).
-
-    Three layers, each over the one before: the ``[fedaug]`` table (or the whole file if it
-    has none); the ``[per-epsilon.<budget>]`` table for the run's epsilon, if the file has
-    one (the budget written as ``f"{epsilon:g}"``, e.g. ``[per-epsilon.1]``): what a recipe
-    changes at that budget; then ``overrides`` (command-line flags and ``--set``). The
-    run's epsilon is the one in ``overrides``, else the table's, else the default.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("Scenario file not found.", value=str(path),
-                          fix="Pass an existing TOML file, e.g. simulations/default.toml.")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"Scenario file {path} is not valid TOML: {err}.",
-                          fix="Fix the syntax; see simulations/default.toml.") from err
-    table = dict(data.get("fedaug", data))
-    per_budget = table.pop("per-epsilon", None) or data.get("per-epsilon", {})
-    overrides = dict(overrides or {})
-    epsilon = overrides.get("epsilon", table.get("epsilon", RunConfig.epsilon))
-    try:
-        key = f"{float(epsilon):g}"
-    except (TypeError, ValueError):  # a bad epsilon: RunConfig.from_mapping names it
-        key = None
-    extra = per_budget.get(key, {}) if isinstance(per_budget, dict) else per_budget
-    if not isinstance(extra, dict):
-        raise ConfigError(f"Scenario file {path}: per-epsilon must hold one table of "
-                          "run-config keys per budget.", value=extra,
-                          fix="e.g. [per-epsilon.1] followed by warmup-size = 14")
-    return {**table, **extra, **overrides}
 
 
 def settings_help(cls: type[_Settings] = RunConfig) -> str:

@@ -6,16 +6,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from client.app import app as client_app
-from server.app import run_server
-from server.strategy import FedAugStrategy
-from shared import keys
-from shared.config import RunConfig
-from simulations.engine import InProcessGrid
+from fedaug import keys
+from fedaug.client.app import app as client_app
+from fedaug.config import RunConfig
+from fedaug.server.app import run_server
+from fedaug.server.strategy import FedAugStrategy
+from fedaug.simulations.engine import InProcessGrid
 
-__all__ = ["simulate", "DEFAULT_SCENARIO"]
+__all__ = ["simulate"]
 
-DEFAULT_SCENARIO = Path(__file__).with_name("default.toml")
 log = logging.getLogger("fedaug.simulation")
 
 
@@ -50,10 +49,10 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
 def _audit_into_card(run: RunConfig) -> None:
     """In simulation the researcher holds all the data: audit the global generator against
     the sites' training records (members) and the test split (never trained on)."""
-    from server.checkpoint import update_model_card
-    from shared.data import load_image_source
-    from shared.errors import FedaugError
-    from shared.evaluate.report import privacy_audit
+    from fedaug.data import load_image_source
+    from fedaug.errors import FedaugError
+    from fedaug.evaluate.report import privacy_audit
+    from fedaug.generator.card import update_model_card
 
     try:
         train = load_image_source(run.data, split="train", size=run.image_size or None,

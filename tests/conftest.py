@@ -30,3 +30,16 @@ TINY = {
     "samples-per-class": 2,
     "warmup-steps": 5,
 }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fedaug_logger():
+    """A CLI run in one test routes fedaug's loggers to its own handler and stops their
+    propagation; give every test the default (propagating, so caplog sees the lines)."""
+    import logging
+
+    yield
+    ours = logging.getLogger("fedaug")
+    ours.handlers[:] = []
+    ours.propagate = True
+    ours.setLevel(logging.NOTSET)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import RunConfig, load_scenario
-from shared.errors import ConfigError
+from fedaug.config import RunConfig
+from fedaug.errors import ConfigError
+from fedaug.simulations.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def test_bad_model_channels_names_the_fix():
 
 def test_simulate_set_values_are_coerced_by_the_setting_they_name(capsys):
     # Prepare
-    from shared.cli import main
+    from fedaug.cli import main
 
     # Execute: a digit-only string setting and a malformed number, both via --set
     rc = main(["simulate", "--set", "model-channels=16", "--set", "learning-rate=fast"])

@@ -6,7 +6,7 @@ backends apply the drawn parameters:
 
 - ``"torch"``: the batch is warped by a single ``grid_sample`` on a hand-built grid and the
   other stages are batched tensor ops, on whatever device the tensor lives on.
-- ``"opencv"`` (:mod:`shared.augment.opencv_backend`): ``uint8`` CPU batches only; one
+- ``"opencv"`` (:mod:`fedaug.augment.opencv_backend`): ``uint8`` CPU batches only; one
   ``cv2.warpAffine`` per image plane and one lookup table per image for brightness,
   contrast and gamma, the batch split over ``torch.get_num_threads()`` threads. At 224x224
   it is about 2x the torch backend's speed (``grid_sample`` is float and memory-bound).
@@ -16,7 +16,7 @@ backends apply the drawn parameters:
 small images, where one batched call beats a Python loop over images).
 
 :func:`draw_params` is the one parameter draw shared by both backends and by the per-image
-reference path (:func:`shared.augment.policy.apply_policy`): the torch backend matches that
+reference path (:func:`fedaug.augment.policy.apply_policy`): the torch backend matches that
 path within float rounding, the OpenCV backend the torch backend within a few grey levels.
 
 Throughput tips (CPU): feed batches of about 256 images at 28x28 and 32 at 224x224, keep
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-from shared.errors import ConfigError, DataError, PolicyError
+from fedaug.errors import ConfigError, DataError, PolicyError
 
 from . import functional as F
 from . import opencv_backend

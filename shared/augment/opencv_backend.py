@@ -1,6 +1,6 @@
 """The OpenCV backend of the batched engine: one uint8 warp and one lookup table per image.
 
-For ``uint8`` batches on the CPU, :class:`~shared.augment.batched.BatchAugmenter` (with
+For ``uint8`` batches on the CPU, :class:`~fedaug.augment.batched.BatchAugmenter` (with
 ``backend="auto"`` or ``"opencv"``) hands the drawn :class:`BatchParams` to
 :func:`apply_params`. Each image is warped by the same composed 2x3 matrix as the torch
 path (converted by :func:`functional.to_pixel`) in one ``cv2.warpAffine`` call per channel

@@ -2,7 +2,7 @@
 
 Each image op separates drawing random parameters (:meth:`ImageOp.draw`, batched, from a
 ``torch.Generator``) from applying them (:meth:`ImageOp.apply`, pure, via ``functional``).
-Text ops call the EDA functions of :mod:`shared.augment.text`, imported lazily.
+Text ops call the EDA functions of :mod:`fedaug.augment.text`, imported lazily.
 
 ``OPS`` lists every op class in the canonical execution order: geometric ops (composed
 into one warp), blur, brightness and contrast (fused), gamma, noise; then the text ops.
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from shared.errors import PolicyError
+from fedaug.errors import PolicyError
 
 from . import functional as F
 
@@ -574,7 +574,7 @@ class TextOp(Op):
         return {"applied": rng.random() < self.p, "alpha": self.alpha}
 
     def apply(self, text: str, params: Mapping[str, Any], *, rng: random.Random) -> str:
-        """Apply the EDA function of the same name (lazy import of ``shared.augment.text``)."""
+        """Apply the EDA function of the same name (lazy import of ``fedaug.augment.text``)."""
         if not params.get("applied", True) or params["alpha"] <= 0.0:
             return text
         from . import text as eda

@@ -9,7 +9,7 @@ Schema (version 1)::
                          "num_ops": N, "magnitude": M}}
 
 Every key is required and no other key is accepted. Each op kind may appear once; ops run
-in the canonical order of :data:`shared.augment.ops.OPS` whatever their list order
+in the canonical order of :data:`fedaug.augment.ops.OPS` whatever their list order
 (geometric ops composed into one warp, then blur, brightness/contrast, gamma, noise).
 
 Sampling. With ``sampling = null`` each op is applied independently with its ``p``. With
@@ -23,7 +23,7 @@ brightness 0.8-1.2 becomes 0.9-1.1, crop scale 0.7-0.9 becomes 0.85-0.95, text `
 halved). Flips have no magnitude.
 
 The policy travels as a JSON string; :meth:`Policy.from_json` is the network entry point
-and raises nothing but :class:`~shared.errors.PolicyError`.
+and raises nothing but :class:`~fedaug.errors.PolicyError`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.errors import ConfigError, DataError, PolicyError
+from fedaug.errors import ConfigError, DataError, PolicyError
 
 from . import functional as F
 from .ops import (

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.atomic import atomic_write_bytes, atomic_write_text
-from shared.augment.policy import Policy, apply_policy, apply_text_policy
-from shared.augment.stats import distribution_shift, format_shift_report
-from shared.data import IMAGE_EXTENSIONS, load_text_table
-from shared.errors import DataError
+from fedaug.atomic import atomic_write_bytes, atomic_write_text
+from fedaug.augment.policy import Policy, apply_policy, apply_text_policy
+from fedaug.augment.stats import distribution_shift, format_shift_report
+from fedaug.data import IMAGE_EXTENSIONS, load_text_table
+from fedaug.errors import DataError
 
 __all__ = ["augment_path"]
 
@@ -89,7 +89,7 @@ def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: 
         summary["shift"] = report
         summary["shift-text"] = format_shift_report(report)
         rows = np.concatenate(preview)
-        from shared.generator.sample import make_grid
+        from fedaug.generator.sample import make_grid
 
         buf = io.BytesIO()
         make_grid(rows, rows=len(preview), scale=max(1, 64 // rows.shape[1])).save(buf, "PNG")

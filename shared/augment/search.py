@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.errors import ConfigError, DataError, PolicyError
+from fedaug.errors import ConfigError, DataError, PolicyError
 
 from .batched import BatchAugmenter
 from .ops import ImageOp, Op, _Field
@@ -161,7 +161,7 @@ def _field_identity(op: Op, name: str) -> float:
         return 1.0
     raise PolicyError(  # pragma: no cover - guards a future op
         [f"ops.{op.op}.{name}: no known identity value, so this op cannot be scaled"],
-        fix="Teach shared.augment.search._field_identity the op's identity value.",
+        fix="Teach fedaug.augment.search._field_identity the op's identity value.",
     )
 
 
@@ -190,7 +190,7 @@ def score_candidates(
 
     One stratified split of the site's data (``val_fraction`` of each class, at least one
     example of each class kept for training) is drawn from ``seed``; every candidate trains
-    :func:`shared.evaluate.classifier.train_classifier` on the same train part with the
+    :func:`fedaug.evaluate.classifier.train_classifier` on the same train part with the
     same initialisation, batch order and augmentation stream, so scores differ only by the
     policy. Six candidates on 300 8x8 digits take about 3 s on one (shared) CPU core.
 
@@ -223,7 +223,7 @@ def score_candidates(
     PolicyError
         A candidate is not an image policy.
     """
-    from shared.evaluate.classifier import classification_report, train_classifier
+    from fedaug.evaluate.classifier import classification_report, train_classifier
 
     seed = _check_seed(seed)
     if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not (
@@ -433,7 +433,7 @@ def pure_dp_rdp(epsilon: float, orders: Sequence[float]) -> np.ndarray:
     if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 1):
         raise ConfigError("orders must be a non-empty list of finite numbers > 1.", value=orders,
                           fix="Use opacus.accountants.RDPAccountant.DEFAULT_ALPHAS.")
-    from shared.privacy.accounting import pure_dp_rdp as _ledger_curve
+    from fedaug.privacy.accounting import pure_dp_rdp as _ledger_curve
 
     return _ledger_curve(float(epsilon), a)
 

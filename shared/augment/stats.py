@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.errors import DataError
+from fedaug.errors import DataError
 
 __all__ = ["DEFAULT_THRESHOLDS", "distribution_shift", "format_shift_report"]
 

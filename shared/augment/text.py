@@ -14,7 +14,7 @@ import random
 import re
 from numbers import Real
 
-from shared.errors import ConfigError, DataError
+from fedaug.errors import ConfigError, DataError
 
 __all__ = [
     "STOP_WORDS",

@@ -1,6 +1,6 @@
 """Data loaders and federated partitioners: built-in digits, MedMNIST, image folders, text tables."""
 
-from shared.data.images import (
+from fedaug.data.images import (
     BUILTIN_NAMES,
     IMAGE_EXTENSIONS,
     ImageDataset,
@@ -9,7 +9,7 @@ from shared.data.images import (
     load_image_source,
     load_medmnist,
 )
-from shared.data.partition import (
+from fedaug.data.partition import (
     PARTITION_SCHEMES,
     label_histogram,
     partition,
@@ -17,7 +17,7 @@ from shared.data.partition import (
     partition_iid,
     partition_quantity,
 )
-from shared.data.text import TextDataset, load_text_table
+from fedaug.data.text import TextDataset, load_text_table
 
 __all__ = [
     "BUILTIN_NAMES",

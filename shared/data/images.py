@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.errors import DataError
+from fedaug.errors import DataError
 
 __all__ = [
     "BUILTIN_NAMES",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.errors import ConfigError, DataError
+from fedaug.errors import ConfigError, DataError
 
 __all__ = [
     "PARTITION_SCHEMES",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import DataError
+from fedaug.errors import DataError
 
 __all__ = ["LABEL_COLUMN_NAMES", "TEXT_COLUMN_NAMES", "TextDataset", "load_text_table"]
 

@@ -1,19 +1,19 @@
 """Evaluation: downstream classifier (TSTR / TRTR), fidelity metrics and privacy audit."""
 
-from shared.evaluate.classifier import (
+from fedaug.evaluate.classifier import (
     Classifier,
     classification_report,
     train_classifier,
     tstr,
 )
-from shared.evaluate.fidelity import (
+from fedaug.evaluate.fidelity import (
     FeatureExtractor,
     fidelity_report,
     frechet_distance,
     pixel_statistics,
     precision_recall,
 )
-from shared.evaluate.privacy_audit import (
+from fedaug.evaluate.privacy_audit import (
     loss_threshold_attack,
     membership_inference_auc,
     memorization_report,

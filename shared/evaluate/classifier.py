@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from shared.errors import ConfigError, DataError
+from fedaug.errors import ConfigError, DataError
 
 __all__ = [
     "Classifier",

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.linalg
 
-from shared.errors import ConfigError, DataError
-from shared.evaluate.classifier import _check_images
+from fedaug.errors import ConfigError, DataError
+from fedaug.evaluate.classifier import _check_images
 
 __all__ = [
     "FeatureExtractor",

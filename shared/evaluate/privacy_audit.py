@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from shared.errors import ConfigError, DataError
-from shared.evaluate.classifier import _check_images
-from shared.evaluate.fidelity import _distance_blocks
+from fedaug.errors import ConfigError, DataError
+from fedaug.evaluate.classifier import _check_images
+from fedaug.evaluate.fidelity import _distance_blocks
 
 __all__ = [
     "loss_threshold_attack",

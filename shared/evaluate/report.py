@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from shared.atomic import atomic_write_bytes, atomic_write_json
-from shared.augment import Policy, apply_policy
-from shared.config import DEFAULT_SAMPLE_STEPS
-from shared.data import ImageDataset
-from shared.evaluate.classifier import Classifier, classification_report, train_classifier
-from shared.evaluate.fidelity import fidelity_report
-from shared.evaluate.privacy_audit import loss_threshold_attack, memorization_report
-from shared.generator import load_generator, make_grid, sample_images, to_uint8
-from shared.generator.model import diffusion_target
+from fedaug.atomic import atomic_write_bytes, atomic_write_json
+from fedaug.augment import Policy, apply_policy
+from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.data import ImageDataset
+from fedaug.evaluate.classifier import Classifier, classification_report, train_classifier
+from fedaug.evaluate.fidelity import fidelity_report
+from fedaug.evaluate.privacy_audit import loss_threshold_attack, memorization_report
+from fedaug.generator import load_generator, make_grid, sample_images, to_uint8
+from fedaug.generator.model import diffusion_target
 
 __all__ = ["diffusion_loss_fn", "privacy_audit", "evaluate_generator", "small_site_subset"]
 

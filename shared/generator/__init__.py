@@ -1,6 +1,6 @@
 """The class-conditional diffusion generator: model, DP training, sampling."""
 
-from shared.generator.model import (
+from fedaug.generator.model import (
     GENERATOR_FILE,
     GeneratorConfig,
     build_sample_scheduler,
@@ -9,8 +9,8 @@ from shared.generator.model import (
     load_generator,
     save_generator,
 )
-from shared.generator.sample import make_grid, sample_images, to_uint8, write_sample_grid
-from shared.generator.train import (
+from fedaug.generator.sample import make_grid, sample_images, to_uint8, write_sample_grid
+from fedaug.generator.train import (
     TrainOutcome,
     diffusion_loss,
     per_example_grads,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.atomic import atomic_write_bytes
-from shared.config import DEFAULT_SAMPLE_STEPS
-from shared.errors import ConfigError
-from shared.generator.model import load_generator
-from shared.generator.sample import make_grid, sample_images, to_uint8
+from fedaug.atomic import atomic_write_bytes
+from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.errors import ConfigError
+from fedaug.generator.model import load_generator
+from fedaug.generator.sample import make_grid, sample_images, to_uint8
 
 __all__ = ["generate", "generate_to_folder"]
 

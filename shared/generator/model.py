@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from shared.config import PREDICTION_TYPES
-from shared.errors import ConfigError, DataError
+from fedaug.config import PREDICTION_TYPES
+from fedaug.errors import ConfigError, DataError
 
 __all__ = [
     "GeneratorConfig",

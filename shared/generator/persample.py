@@ -35,7 +35,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from shared.generator.model import diffusion_target
+from fedaug.generator.model import diffusion_target
 
 __all__ = ["PerExampleGrads"]
 
@@ -67,7 +67,7 @@ class PerExampleGrads:
             if not isinstance(module, _SUPPORTED):
                 raise ValueError(
                     f"per-example gradients by hooks do not support {type(module).__name__} "
-                    f"({name!r}); shared.generator.train.per_example_grads (vmap) handles "
+                    f"({name!r}); fedaug.generator.train.per_example_grads (vmap) handles "
                     "any layer, at about twice the cost")
             if isinstance(module, nn.Conv2d) and (module.groups != 1
                                                   or module.padding_mode != "zeros"):
@@ -101,7 +101,7 @@ class PerExampleGrads:
                  t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
                  prediction_type: str = "epsilon", chunk: int = 128
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Same contract as :func:`shared.generator.train.per_example_grads`.
+        """Same contract as :func:`fedaug.generator.train.per_example_grads`.
 
         ``x0``/``noise`` are ``(B, K, C, H, W)``, ``t`` is ``(B, K)``; returns
         ``{name: (B, *param.shape)}`` and the ``(B,)`` K-averaged losses.

@@ -11,8 +11,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from shared.config import DEFAULT_SAMPLE_STEPS
-from shared.generator.model import scheduler_output, scheduler_prediction_type
+from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.generator.model import scheduler_output, scheduler_prediction_type
 
 __all__ = ["sample_images", "to_uint8", "make_grid", "write_sample_grid"]
 
@@ -96,8 +96,8 @@ def write_sample_grid(model_dir: str | Path, png: str | Path, *, per_class: int 
                       steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0) -> Path:
     """Sample ``per_class`` images of every class from a saved generator into one PNG
     (one row per class), written atomically."""
-    from shared.atomic import atomic_write_bytes
-    from shared.generator.model import load_generator
+    from fedaug.atomic import atomic_write_bytes
+    from fedaug.generator.model import load_generator
 
     unet, scheduler, config = load_generator(model_dir)
     labels = [c for c in range(config.num_classes) for _ in range(per_class)]

@@ -1,7 +1,7 @@
 """DP-SGD training of the generator: exact per-example gradients with noise multiplicity.
 
 One example's loss is the mean over ``K`` (augmented view, diffusion noise, timestep) draws
-of that example; :meth:`~shared.generator.persample.PerExampleGrads.clipped_sum` (layer
+of that example; :meth:`~fedaug.generator.persample.PerExampleGrads.clipped_sum` (layer
 hooks, one batched backward pass per chunk) clips each *example's* gradient to ``C`` and
 sums them, and :func:`noisy_mean_gradient` adds Gaussian noise and divides by the expected
 batch size: the arithmetic of Opacus's ``DPOptimizer``, which a test holds it to. Batches
@@ -26,8 +26,8 @@ from opacus.data_loader import DPDataLoader
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.generator.model import diffusion_target
-from shared.generator.persample import PerExampleGrads
+from fedaug.generator.model import diffusion_target
+from fedaug.generator.persample import PerExampleGrads
 
 __all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss",
            "per_example_grads", "noisy_mean_gradient", "secure_noise_generator"]
@@ -107,7 +107,7 @@ def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
                    noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, *,
                    prediction_type: str = "epsilon") -> torch.Tensor:
     """Mean MSE of a batch of (view, noise, timestep) draws against
-    :func:`~shared.generator.model.diffusion_target` (the scheduler's ``prediction_type``)."""
+    :func:`~fedaug.generator.model.diffusion_target` (the scheduler's ``prediction_type``)."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
     pred = unet(noisy, t, class_labels=labels).sample

@@ -1,6 +1,6 @@
 """Privacy: the per-site ledger and the accounting math on its history."""
 
-from shared.privacy.accounting import (
+from fedaug.privacy.accounting import (
     MAX_NOISE_MULTIPLIER,
     Spend,
     compose_epsilon,
@@ -8,7 +8,7 @@ from shared.privacy.accounting import (
     plan_noise_multiplier,
     pure_dp_rdp,
 )
-from shared.privacy.ledger import LedgerEntry, PrivacyLedger, open_ledger_readonly
+from fedaug.privacy.ledger import LedgerEntry, PrivacyLedger, open_ledger_readonly
 
 __all__ = [
     "MAX_NOISE_MULTIPLIER",

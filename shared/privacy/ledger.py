@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.atomic import atomic_write_json
-from shared.errors import LedgerError
-from shared.privacy.accounting import Spend, compose_epsilon
+from fedaug.atomic import atomic_write_json
+from fedaug.errors import LedgerError
+from fedaug.privacy.accounting import Spend, compose_epsilon
 
 __all__ = ["LedgerEntry", "PrivacyLedger", "open_ledger_readonly", "LEDGER_FILE", "HEAD_FILE"]
 
@@ -84,7 +84,7 @@ class PrivacyLedger:
     Every append is written atomically (temporary file, fsync, rename) before the update
     that spent it leaves the site. Entries form a hash chain and a separate head file
     records how many there are, so a ledger that was truncated, edited or corrupted is
-    refused with :class:`~shared.errors.LedgerError`; it is never silently reset.
+    refused with :class:`~fedaug.errors.LedgerError`; it is never silently reset.
 
     Parameters
     ----------

@@ -42,10 +42,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from shared.augment import (  # noqa: E402
+from fedaug.augment import (  # noqa: E402
     BatchAugmenter,
     Brightness,
     Contrast,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +21,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from shared.config import RunConfig, load_scenario  # noqa: E402
-from shared.data import load_image_source, partition  # noqa: E402
-from shared.evaluate.report import evaluate_generator  # noqa: E402
-from simulations.run import simulate  # noqa: E402
+from fedaug.config import RunConfig  # noqa: E402
+from fedaug.data import load_image_source, partition  # noqa: E402
+from fedaug.evaluate.report import evaluate_generator  # noqa: E402
+from fedaug.simulations.run import simulate  # noqa: E402
+from fedaug.simulations.scenario import load_scenario  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 SCENARIO = ROOT / "simulations" / "pneumonia.toml"

@@ -22,16 +22,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-from shared.config import RunConfig, load_scenario  # noqa: E402
-from shared.data import load_digits_builtin, load_medmnist, partition  # noqa: E402
-from shared.evaluate import (  # noqa: E402
+from fedaug.config import RunConfig  # noqa: E402
+from fedaug.data import load_digits_builtin, load_medmnist, partition  # noqa: E402
+from fedaug.evaluate import (  # noqa: E402
     classification_report,
     frechet_distance,
     train_classifier,
 )
-from shared.generator import (  # noqa: E402
+from fedaug.generator import (  # noqa: E402
     GeneratorConfig,
     build_train_scheduler,
     build_unet,
@@ -42,6 +41,7 @@ from shared.generator import (  # noqa: E402
     train_dp,
     train_nondp,
 )
+from fedaug.simulations.scenario import load_scenario  # noqa: E402
 
 
 def _model(run: RunConfig, data) -> tuple:
@@ -179,7 +179,7 @@ def bench_float16_quality(run: RunConfig, *, rounds: int, repeats: int, n: int) 
     DP noise is drawn from OS entropy, so no two runs are equal even in float32: the
     float32 runs' own spread is the yardstick a float16 loss must exceed to be measurable.
     """
-    from simulations.run import simulate
+    from fedaug.simulations.run import simulate
 
     train = load_digits_builtin(split="train")
     test = load_digits_builtin(split="test")
@@ -208,7 +208,6 @@ def bench_float16_quality(run: RunConfig, *, rounds: int, repeats: int, n: int) 
 
 _CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {root!r})
 def peak_rss_mb():
     # VmHWM of this process's own address space: getrusage's ru_maxrss survives execve on
     # Linux, so a child started by a large parent would report the parent's size.
@@ -218,8 +217,8 @@ def peak_rss_mb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 import torch; torch.set_num_threads({threads})
-from shared.config import RunConfig
-from simulations.run import simulate
+from fedaug.config import RunConfig
+from fedaug.simulations.run import simulate
 run = RunConfig.from_mapping({mapping!r}, source="benchmark")
 t0 = time.perf_counter()
 s = simulate(run, num_sites={sites}, progress=False, audit=False)

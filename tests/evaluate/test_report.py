@@ -6,10 +6,10 @@ import json
 
 import torch
 
-from shared.cli import main
-from shared.data import load_digits_builtin
-from shared.evaluate.report import evaluate_generator, small_site_subset
-from shared.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
+from fedaug.cli import main
+from fedaug.data import load_digits_builtin
+from fedaug.evaluate.report import evaluate_generator, small_site_subset
+from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 
 
 def _tiny_model(folder):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
-from shared.augment import OPS, CropResize, GaussianNoise, Policy, Rotate, Sampling
-from shared.augment.search import (
+from fedaug.augment import OPS, CropResize, GaussianNoise, Policy, Rotate, Sampling
+from fedaug.augment.search import (
     candidate_labels,
     candidate_policies,
     combine_choices,
@@ -17,8 +17,8 @@ from shared.augment.search import (
     search_site_policy,
     selection_probabilities,
 )
-from shared.data import load_digits_builtin
-from shared.errors import ConfigError, DataError, PolicyError
+from fedaug.data import load_digits_builtin
+from fedaug.errors import ConfigError, DataError, PolicyError
 
 IMAGE_OPS = [tag for tag, cls in OPS.items() if cls.modality == "image"]
 
@@ -289,7 +289,7 @@ def test_pure_dp_rdp_known_answers():
 
 @pytest.mark.parametrize("eps", [0.01, 0.3, 1.0, 5.0])
 def test_pure_dp_rdp_never_exceeds_epsilon_and_matches_the_ledger_math(eps):
-    from shared.privacy.accounting import pure_dp_rdp as ledger_pure_dp_rdp
+    from fedaug.privacy.accounting import pure_dp_rdp as ledger_pure_dp_rdp
 
     orders = RDPAccountant.DEFAULT_ALPHAS
     curve = pure_dp_rdp(eps, orders)

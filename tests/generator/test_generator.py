@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from opacus.optimizers import DPOptimizer
 from PIL import Image
 
-from shared.config import PREDICTION_TYPES
-from shared.generator import (
+from fedaug.config import PREDICTION_TYPES
+from fedaug.generator import (
     GeneratorConfig,
     build_train_scheduler,
     build_unet,
@@ -23,11 +23,11 @@ from shared.generator import (
     train_dp,
     train_nondp,
 )
-from shared.generator import model as model_module
-from shared.generator.generate import generate_to_folder
-from shared.generator.model import diffusion_target, scheduler_output, scheduler_prediction_type
-from shared.generator.persample import PerExampleGrads
-from shared.generator.train import noisy_mean_gradient
+from fedaug.generator import model as model_module
+from fedaug.generator.generate import generate_to_folder
+from fedaug.generator.model import diffusion_target, scheduler_output, scheduler_prediction_type
+from fedaug.generator.persample import PerExampleGrads
+from fedaug.generator.train import noisy_mean_gradient
 
 CFG = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16))
 

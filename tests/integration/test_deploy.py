@@ -34,22 +34,20 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from flwr.common.config import parse_config_args
 
-from client.deploy import node_config_arg, supernode_command
 from conftest import TINY
-from server.deploy import (
+from fedaug.client.supernode import node_config_arg, supernode_command
+from fedaug.data import load_digits_builtin
+from fedaug.errors import ConfigError
+from fedaug.privacy import PrivacyLedger
+from fedaug.server.certs import CertPaths, make_dev_certificates, make_node_keys
+from fedaug.server.superlink import (
     STATE_DB,
-    CertPaths,
     add_connection,
-    make_dev_certificates,
-    make_node_keys,
     register_node_command,
     superlink_command,
 )
-from shared.data import load_digits_builtin
-from shared.errors import ConfigError
-from shared.privacy import PrivacyLedger
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUDGETS = {"hospital-a": 8.0, "hospital-b": 6.0}
 DELTA = 1e-5
 CLASSES = ",".join(str(i) for i in range(10))
@@ -190,8 +188,8 @@ def test_add_connection_is_read_by_the_flwr_cli(tmp_path, monkeypatch):
 
 def test_deploy_clis_write_credentials_and_refuse_plain_http(tmp_path, capsys):
     # Prepare
-    from client.deploy import main as client_main
-    from server.deploy import main as server_main
+    from fedaug.client.cli import main as client_main
+    from fedaug.server.cli import main as server_main
 
     # Execute / Assert: credentials
     assert server_main(["certs", str(tmp_path / "certs")]) == 0
@@ -362,10 +360,6 @@ def _site_cmd(fed: Federation, name: str, key: Path, data: Path, port: int) -> l
 def federation(tmp_path_factory):
     """SuperLink + hospital-a + hospital-b (registered) + a rogue SuperNode (not
     registered); one two-round run of the tiny config, submitted with `flwr run`."""
-    if not (os.environ.get("FEDAUG_DEPLOY_TESTS") == "1"
-            or os.environ.get("CI", "").lower() == "true"):
-        pytest.skip("slow (real SuperLink + SuperNodes, about 3 to 4 min on 2 cores); runs "
-                    "when CI=true or FEDAUG_DEPLOY_TESTS=1")
     missing = [exe for exe in ("flower-superlink", "flower-supernode", "flwr")
                if shutil.which(exe) is None]
     if missing:
@@ -404,6 +398,7 @@ def federation(tmp_path_factory):
         fed.stop_all()
 
 
+@pytest.mark.integration
 def test_two_hospitals_train_over_tls_with_node_auth(federation):
     # Assert: the run finished normally
     assert federation.run["status"] == "finished:completed", federation.run
@@ -425,6 +420,7 @@ def test_two_hospitals_train_over_tls_with_node_auth(federation):
     print(f"deployment: two rounds in {federation.seconds:.0f}s (submit to finished)")
 
 
+@pytest.mark.integration
 def test_unregistered_hospital_is_refused(federation):
     # Assert: the SuperNode with an unregistered key gave up with Flower's exit code 305
     rogue = federation.procs["rogue"]
@@ -448,10 +444,8 @@ def _wait_online(fed: Federation, node_ids: set[str], timeout: float = 120) -> N
     pytest.fail(f"SuperNodes {sorted(node_ids)} did not come online within {timeout:.0f}s")
 
 
-@pytest.mark.skipif(os.environ.get("FEDAUG_DEPLOY_FAULT") != "1",
-                    reason="slow (a second run of about 2 min that waits for Flower's "
-                    "heartbeat timeout to notice the dead SuperNode); set "
-                    "FEDAUG_DEPLOY_FAULT=1 (with FEDAUG_DEPLOY_TESTS=1) to run it")
+@pytest.mark.integration
+@pytest.mark.slow  # about 2 min more: waits for Flower's heartbeat timeout (-m slow)
 def test_a_hospital_crash_mid_round_leaves_the_run_and_the_other_ledger_intact(federation):
     # Prepare: the first two hospitals spent their budgets; two fresh ones take over
     fed = federation

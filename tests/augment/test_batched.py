@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from shared.augment import (
+from fedaug.augment import (
     Affine,
     BatchAugmenter,
     Brightness,
@@ -27,8 +27,8 @@ from shared.augment import (
     format_shift_report,
     opencv_backend,
 )
-from shared.augment.batched import OPENCV_MIN_PIXELS
-from shared.errors import ConfigError, DataError
+from fedaug.augment.batched import OPENCV_MIN_PIXELS
+from fedaug.errors import ConfigError, DataError
 
 ALL_IMAGE_OPS = (
     Rotate(p=0.8), HFlip(), VFlip(), CropResize(p=0.8), Affine(), GaussianBlur(),

@@ -1,4 +1,4 @@
-"""Tests of shared.data: image loaders, text tables and federated partitioners."""
+"""Tests of fedaug.data: image loaders, text tables and federated partitioners."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.data import (
+from fedaug.data import (
     ImageDataset,
     label_histogram,
     load_digits_builtin,
@@ -22,9 +22,9 @@ from shared.data import (
     partition_iid,
     partition_quantity,
 )
-from shared.errors import ConfigError, DataError
+from fedaug.errors import ConfigError, DataError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MEDMNIST = DATA / "medmnist"
 SMS = DATA / "sms_spam" / "SMSSpamCollection"
 

@@ -1,4 +1,4 @@
-"""Tests for EDA text augmentation (shared.augment.text) on real SMS texts and WordNet."""
+"""Tests for EDA text augmentation (fedaug.augment.text) on real SMS texts and WordNet."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.augment import text as eda
-from shared.errors import ConfigError, DataError
+from fedaug.augment import text as eda
+from fedaug.errors import ConfigError, DataError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 NLTK_DIR = DATA / "nltk_data"
 SMS_FILE = DATA / "sms_spam" / "SMSSpamCollection"
 

@@ -1,4 +1,4 @@
-"""Tests for shared.evaluate: classifier / TSTR, fidelity metrics and the privacy audit."""
+"""Tests for fedaug.evaluate: classifier / TSTR, fidelity metrics and the privacy audit."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from shared.errors import ConfigError, DataError
-from shared.evaluate import (
+from fedaug.errors import ConfigError, DataError
+from fedaug.evaluate import (
     classification_report,
     fidelity_report,
     frechet_distance,
@@ -23,9 +23,9 @@ from shared.evaluate import (
     train_classifier,
     tstr,
 )
-from shared.evaluate.classifier import _roc_auc
+from fedaug.evaluate.classifier import _roc_auc
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 torch.set_num_threads(1)
 

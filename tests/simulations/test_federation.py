@@ -11,11 +11,11 @@ from diffusers import DDPMScheduler, UNet2DModel
 from flwr.app import Array, Message
 
 from conftest import TINY
-from shared.augment import Policy
-from shared.config import RunConfig
-from shared.data import load_digits_builtin
-from shared.privacy import PrivacyLedger, compose_epsilon
-from simulations.run import simulate
+from fedaug.augment import Policy
+from fedaug.config import RunConfig
+from fedaug.data import load_digits_builtin
+from fedaug.privacy import PrivacyLedger, compose_epsilon
+from fedaug.simulations.run import simulate
 
 
 def _run(tmp_path, **extra) -> RunConfig:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from server.strategy import combine_policies
-from shared.augment import Policy
-from shared.augment.search import candidate_policies
+from fedaug.augment import Policy
+from fedaug.augment.search import candidate_policies
+from fedaug.server.strategy import combine_policies
 
 
 def test_mergeable_policies_are_averaged_by_examples():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.augment import Policy
-from shared.cli import main
-from shared.data import load_digits_builtin
+from fedaug.augment import Policy
+from fedaug.cli import main
+from fedaug.data import load_digits_builtin
 
 
 def test_augment_image_folder_keeps_classes_and_checks_shift(tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.augment import (
+from fedaug.augment import (
     OPS,
     Brightness,
     Contrast,
@@ -20,9 +20,9 @@ from shared.augment import (
     apply_text_policy,
     merge_policies,
 )
-from shared.errors import PolicyError
+from fedaug.errors import PolicyError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TEXTS = ["the quick brown fox jumps over the lazy dog near the river bank today",
          "free entry in a weekly competition to win cup final tickets now"]
 
@@ -30,7 +30,7 @@ TEXTS = ["the quick brown fox jumps over the lazy dog near the river bank today"
 @pytest.fixture
 def wordnet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Point NLTK at the offline WordNet beside the repository, or skip."""
-    pytest.importorskip("shared.augment.text", reason="text.py (EDA ops) not integrated yet")
+    pytest.importorskip("fedaug.augment.text", reason="text.py (EDA ops) not integrated yet")
     nltk_dir = DATA / "nltk_data"
     if not (nltk_dir / "corpora" / "wordnet.zip").is_file():
         pytest.skip(f"WordNet data missing: expected {nltk_dir}/corpora/wordnet.zip")

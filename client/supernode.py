@@ -7,19 +7,16 @@ own epsilon budget and delta. The server cannot raise them.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shutil
 import subprocess
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from shared import keys
-from shared.errors import ConfigError, run_command
+from fedaug import keys
+from fedaug.errors import ConfigError
 
-__all__ = ["DEFAULT_RUNTIME_PORT", "node_config_arg", "supernode_command", "run_client", "main"]
+__all__ = ["DEFAULT_RUNTIME_PORT", "node_config_arg", "supernode_command", "run_client"]
 
 log = logging.getLogger("fedaug.deploy")
 
@@ -156,34 +153,3 @@ def run_client(*, superlink_address: str, root_cert: str | Path | None,
         return subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:
         return 130
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m client.deploy``: start this hospital's SuperNode."""
-    p = argparse.ArgumentParser(prog="python -m client.deploy",
-                                description="Start a hospital's SuperNode (fedaug client).")
-    p.add_argument("--superlink", required=True, help="host:port of the aggregation server")
-    p.add_argument("--root-cert", help="CA certificate of the server")
-    p.add_argument("--key", help="this hospital's private key (OpenSSH ECDSA)")
-    p.add_argument("--data-path", required=True)
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--site-name", required=True)
-    p.add_argument("--epsilon-budget", type=float, required=True)
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--runtime-port", type=int, default=DEFAULT_RUNTIME_PORT)
-    p.add_argument("--insecure", action="store_true", help="no TLS (local test only)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_command(lambda: _run_cli(args), prog="fedaug client")
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    return run_client(superlink_address=args.superlink, root_cert=args.root_cert,
-                      auth_private_key=args.key, data_path=args.data_path,
-                      state_dir=args.state_dir, site_name=args.site_name,
-                      epsilon_budget=args.epsilon_budget, delta=args.delta,
-                      insecure=args.insecure, runtime_port=args.runtime_port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

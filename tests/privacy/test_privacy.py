@@ -8,14 +8,14 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from shared.errors import LedgerError
-from shared.privacy import (
+from fedaug.errors import LedgerError
+from fedaug.privacy import (
     PrivacyLedger,
     compose_epsilon,
     max_steps_within_budget,
     plan_noise_multiplier,
 )
-from shared.privacy.ledger import HEAD_FILE, LEDGER_FILE
+from fedaug.privacy.ledger import HEAD_FILE, LEDGER_FILE
 
 
 def test_compose_matches_opacus_known_answer():
@@ -160,7 +160,7 @@ def test_pure_dp_releases_compose_with_dp_sgd(tmp_path):
 
 
 def test_privacy_show_cli_json_and_table(tmp_path, capsys):
-    from shared.cli import main
+    from fedaug.cli import main
 
     _ledger_with_two_entries(tmp_path)
     assert main(["privacy", "show", "--state-dir", str(tmp_path), "--json"]) == 0
@@ -173,7 +173,7 @@ def test_privacy_show_cli_json_and_table(tmp_path, capsys):
 
 
 def test_privacy_show_cli_refuses_a_corrupted_ledger(tmp_path, capsys):
-    from shared.cli import main
+    from fedaug.cli import main
 
     _ledger_with_two_entries(tmp_path)
     (tmp_path / LEDGER_FILE).write_text("{not json")
@@ -184,9 +184,9 @@ def test_privacy_show_cli_refuses_a_corrupted_ledger(tmp_path, capsys):
 def test_local_epochs_plan_many_subsampled_steps_on_a_large_site_and_few_on_a_small(tmp_path):
     # Prepare: batch 100 with one local epoch; a 1,000-record site (q = 0.1) and a 60-record
     # one (full batches, q = 1), 5 rounds each
-    from client.site import SiteContext
-    from client.train import plan_round
-    from shared.config import TrainSettings
+    from fedaug.client.site import SiteContext
+    from fedaug.client.train import plan_round
+    from fedaug.config import TrainSettings
 
     settings = TrainSettings(batch_size=100, local_epochs=1.0)
     plans = {}
@@ -211,7 +211,7 @@ def test_local_epochs_plan_many_subsampled_steps_on_a_large_site_and_few_on_a_sm
 
 
 def test_warmup_release_keeps_the_asked_noise_when_the_budget_affords_it(tmp_path):
-    from client.warmup import release_noise_multiplier
+    from fedaug.client.warmup import release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     # epsilon 10: sigma 2 costs 2.17, under half the budget
@@ -219,7 +219,7 @@ def test_warmup_release_keeps_the_asked_noise_when_the_budget_affords_it(tmp_pat
 
 
 def test_warmup_release_adds_noise_to_fit_half_of_a_small_budget(tmp_path):
-    from client.warmup import release_noise_multiplier
+    from fedaug.client.warmup import release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     # epsilon 1: sigma 2 alone would spend 2.17 and the site used to decline
@@ -231,7 +231,7 @@ def test_warmup_release_adds_noise_to_fit_half_of_a_small_budget(tmp_path):
 
 
 def test_warmup_release_takes_half_of_what_is_left_after_earlier_runs(tmp_path):
-    from client.warmup import release_noise_multiplier
+    from fedaug.client.warmup import release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     ledger.append(mechanism="dp-sgd", noise_multiplier=3.0, sample_rate=1.0, steps=20,
@@ -248,10 +248,10 @@ def test_warmup_release_takes_half_of_what_is_left_after_earlier_runs(tmp_path):
 
 
 def test_warmup_release_refuses_a_bad_size_before_spending(tmp_path):
-    from client.site import SiteContext
-    from client.warmup import release_class_sums
-    from shared.config import RunConfig
-    from shared.errors import ConfigError
+    from fedaug.client.site import SiteContext
+    from fedaug.client.warmup import release_class_sums
+    from fedaug.config import RunConfig
+    from fedaug.errors import ConfigError
 
     site = SiteContext(name="s", state_dir=tmp_path, data="digits", partition_id=0,
                        num_partitions=2, epsilon_budget=10.0, delta=1e-5)

@@ -1,0 +1,1 @@
+"""The aggregation server: the Flower ServerApp, its strategy and the SuperLink side."""
