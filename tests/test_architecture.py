@@ -88,7 +88,6 @@ def test_no_module_imports_a_generic_top_level_name():
     assert bad == []
 
 
-@pytest.mark.xfail(strict=True, reason="augment.policy <-> augment.batched: being split")
 def test_there_is_no_import_circle():
     # Prepare: every import, lazy ones inside functions included
     graph = _graph()

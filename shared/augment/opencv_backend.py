@@ -14,7 +14,7 @@ Agreement with the torch backend: the warp alone is within 1 grey level with Ope
 grey levels apart on noise images, so :func:`available` asks for OpenCV >= 5). The
 stages after the warp see ``uint8`` values where the torch path keeps floats, so each
 rounding (after the warp, after the blur) is scaled by the later contrast and gamma:
-a few grey levels at most, well under one on average (see ``tests/test_augment.py``).
+a few grey levels at most, well under one on average (``tests/augment/test_batched.py``).
 
 Threads: the batch is split into ``torch.get_num_threads()`` contiguous chunks, the
 calling thread running the first and a shared thread pool the others (OpenCV releases the
@@ -34,7 +34,7 @@ import torch
 from . import functional as F
 
 if TYPE_CHECKING:
-    from .batched import BatchParams
+    from .params import BatchParams
 
 __all__ = ["MIN_OPENCV", "available", "apply_params"]
 

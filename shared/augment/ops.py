@@ -1,8 +1,11 @@
 """One small frozen, validated class per augmentation operation, tagged by ``op``.
 
-Each image op separates drawing random parameters (:meth:`ImageOp.draw`, batched, from a
-``torch.Generator``) from applying them (:meth:`ImageOp.apply`, pure, via ``functional``).
-Text ops call the EDA functions of :mod:`fedaug.augment.text`, imported lazily.
+Each op class is the single source of what the op is: its fields and their schema
+(``FIELDS``), the stage it runs in (``STAGE``), how uniforms in [0, 1) map to its
+per-image parameters (:meth:`ImageOp.draw_from`), the parameter values that change nothing
+(``IDENTITY``), and what its parameters mean to the image maths (:meth:`ImageOp.matrix`
+for geometric ops, :meth:`ImageOp.stage_values` for the others). Drawing from a generator
+lives in :mod:`fedaug.augment.params`, applying in the backends.
 
 ``OPS`` lists every op class in the canonical execution order: geometric ops (composed
 into one warp), blur, brightness and contrast (fused), gamma, noise; then the text ops.
@@ -10,18 +13,16 @@ into one warp), blur, brightness and contrast (fused), gamma, noise; then the te
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from fedaug.errors import PolicyError
 
 from . import functional as F
+from .schema import Field, P, check_fields, show
 
 __all__ = [
     "Op",
@@ -46,61 +47,8 @@ __all__ = [
     "op_from_dict",
 ]
 
-
-def _fmt(x: float) -> str:
-    return f"{x:g}"
-
-
-@dataclass(frozen=True)
-class _Field:
-    """Schema of one numeric field: a number, or a ``[low, high]`` range, within bounds."""
-
-    kind: str  # "number" or "range"
-    lo: float
-    hi: float
-    lo_open: bool = False
-
-    def _bounds(self) -> str:
-        return f"{'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}]"
-
-    def _inside(self, x: float) -> bool:
-        return (x > self.lo if self.lo_open else x >= self.lo) and x <= self.hi
-
-    def check(self, value: Any, path: str) -> tuple[str | None, Any]:
-        """Return ``(problem, cleaned_value)``; ``problem`` is None when the value is valid."""
-        if self.kind == "number":
-            if not _is_number(value):
-                return f"{path}: must be a number, got {_show(value)}", None
-            if not math.isfinite(value):
-                return f"{path}: must be a finite number, got {value!r}", None
-            if not self._inside(value):
-                return f"{path}: must be in {self._bounds()}, got {value!r}", None
-            return None, float(value)
-        ok_shape = isinstance(value, (list, tuple)) and len(value) == 2
-        if not ok_shape or not all(_is_number(v) for v in value):
-            return f"{path}: must be a list [low, high] of two numbers, got {_show(value)}", None
-        low, high = value
-        if not (math.isfinite(low) and math.isfinite(high)):
-            return f"{path}: must be finite numbers, got {list(value)!r}", None
-        if not (self._inside(low) and self._inside(high)):
-            return f"{path}: values must be in {self._bounds()}, got {list(value)!r}", None
-        if low > high:
-            return f"{path}: low must be <= high, got {list(value)!r}", None
-        return None, (float(low), float(high))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-_P = _Field("number", 0.0, 1.0)
+#: The schema class under its former private name, for modules that import it so.
+_Field = Field
 
 
 @dataclass(frozen=True)
@@ -112,24 +60,26 @@ class Op:
     p : float, default 0.5
         Probability that the op is applied to a sample (ignored under RandAugment-style
         sampling, where the chosen ops are always applied).
+
+    Raises
+    ------
+    PolicyError
+        Listing every invalid field, each with its path (``rotate.limit: ...``).
     """
 
     op: ClassVar[str] = ""
     modality: ClassVar[str] = "image"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P}
 
     p: float = 0.5
 
     def __post_init__(self) -> None:
-        problems = []
-        for name, spec in self.FIELDS.items():
-            problem, clean = spec.check(getattr(self, name), f"{self.op}.{name}")
-            if problem:
-                problems.append(problem)
-            else:
-                object.__setattr__(self, name, clean)
+        values = {name: getattr(self, name) for name in self.FIELDS}
+        problems, cleaned = check_fields(self.FIELDS, values, self.op)
         if problems:
             raise PolicyError(problems)
+        for name, value in cleaned.items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``{"op": tag, "p": ..., <fields>}``, ranges as lists."""
@@ -143,6 +93,9 @@ class Op:
 def op_from_dict(raw: Any, *, path: str = "op") -> tuple[Op | None, list[str]]:
     """Parse one op dict strictly, collecting every problem.
 
+    The dict's shape (its tag, unknown and missing keys) is checked here; its values by
+    the op class itself.
+
     Returns
     -------
     tuple
@@ -150,7 +103,7 @@ def op_from_dict(raw: Any, *, path: str = "op") -> tuple[Op | None, list[str]]:
         path, e.g. ``ops.2.rotate.limit: must be in [0, 180], got 400``.
     """
     if not isinstance(raw, dict):
-        return None, [f"{path}: must be an object like {{\"op\": \"rotate\", ...}}, got {_show(raw)}"]
+        return None, [f"{path}: must be an object like {{\"op\": \"rotate\", ...}}, got {show(raw)}"]
     tag = raw.get("op")
     if "op" not in raw:
         return None, [f"{path}.op: missing (required; one of {', '.join(OPS)})"]
@@ -158,33 +111,23 @@ def op_from_dict(raw: Any, *, path: str = "op") -> tuple[Op | None, list[str]]:
         return None, [f"{path}.op: unknown op {tag!r} (known: {', '.join(OPS)})"]
     cls = OPS[tag]
     base = f"{path}.{tag}"
-    problems: list[str] = []
     allowed = set(cls.FIELDS) | {"op"}
-    for key in raw:
-        if key not in allowed:
-            problems.append(f"{base}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-    kwargs = {}
-    for name, spec in cls.FIELDS.items():
-        if name not in raw:
-            problems.append(f"{base}.{name}: missing (required)")
-            continue
-        problem, clean = spec.check(raw[name], f"{base}.{name}")
-        if problem:
-            problems.append(problem)
-        else:
-            kwargs[name] = clean
+    problems = [
+        f"{base}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})"
+        for key in raw if key not in allowed
+    ]
+    problems += [f"{base}.{name}: missing (required)" for name in cls.FIELDS if name not in raw]
+    try:
+        op = cls(**{name: raw[name] for name in cls.FIELDS if name in raw})
+    except PolicyError as err:
+        problems += [f"{path}.{problem}" for problem in err.problems]
+        op = None
     if problems:
         return None, problems
-    return cls(**kwargs), []
+    return op, []
 
 
 # ----------------------------------------------------------------------------- image ops
-
-
-def _uniform(n: int, k: int, generator: torch.Generator) -> np.ndarray:
-    """``(n, k)`` float64 uniforms in [0, 1) drawn on the generator's device."""
-    u = torch.rand((n, k), generator=generator, dtype=torch.float64, device=generator.device)
-    return u.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -192,9 +135,10 @@ class ImageOp(Op):
     """Base of image ops.
 
     Class attributes: ``STAGE`` (``geometric``, ``blur``, ``colour``, ``gamma``,
-    ``noise``) and ``IDENTITY``, the parameter values that leave an image unchanged. The
-    RandAugment magnitude ``m`` in [0, 1] moves every drawn value ``v`` of those parameters
-    to ``identity + m * (v - identity)``.
+    ``noise``), ``N_UNIFORMS`` (uniforms one image's raw parameters take) and
+    ``IDENTITY``, the parameter values that leave an image unchanged. The RandAugment
+    magnitude ``m`` in [0, 1] moves every drawn value ``v`` of those parameters to
+    ``identity + m * (v - identity)``.
     """
 
     STAGE: ClassVar[str] = ""
@@ -204,10 +148,6 @@ class ImageOp(Op):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         """Map ``(n, N_UNIFORMS)`` uniforms in [0, 1) to raw parameters (``(n,)`` arrays)."""
         return {}
-
-    def draw(self, n: int, generator: torch.Generator) -> dict[str, np.ndarray]:
-        """Draw raw parameters for ``n`` images from ``generator`` (``(n,)`` arrays)."""
-        return self.draw_from(_uniform(n, self.N_UNIFORMS, generator))
 
     def finalize(
         self, params: dict[str, np.ndarray], applied: np.ndarray, magnitude: np.ndarray | float
@@ -221,39 +161,17 @@ class ImageOp(Op):
         out["applied"] = np.asarray(applied, dtype=bool)
         return out
 
-    def sample_params(self, generator: torch.Generator) -> dict[str, Any]:
-        """Draw the parameters of one image, including ``applied`` (drawn with ``p``)."""
-        applied = _uniform(1, 1, generator)[:, 0] < self.p
-        params = self.finalize(self.draw(1, generator), applied, 1.0)
-        out: dict[str, Any] = {k: v[0].item() for k, v in params.items()}
-        if self.STAGE == "noise":
-            out["noise_seed"] = int(
-                torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)
-            )
-        return out
-
     def matrix(self, params: Mapping[str, np.ndarray], *, height: int, width: int) -> np.ndarray:
-        """``(n, 3, 3)`` inverse map (geometric ops only)."""
+        """``(n, 3, 3)`` inverse map in centred pixel coordinates (geometric ops only)."""
         raise NotImplementedError(f"{self.op} is not a geometric op")
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Keyword arguments of :func:`functional.augment_image` for one image."""
-        return {}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """This op's parameters under the names of :func:`functional.augment_image`.
 
-    def apply(self, image: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-        """Apply this op alone to one ``(H, W, C)`` image with :meth:`sample_params` output."""
-        if not params.get("applied", True):
-            return image.copy()
-        h, w = image.shape[:2]
-        if self.STAGE == "geometric":
-            batch = {k: np.asarray([v]) for k, v in params.items()}
-            m = self.matrix(batch, height=h, width=w)
-            return F.augment_image(image, theta=F.to_normalized(m, height=h, width=w)[0])
-        kwargs = self.stage_kwargs(params)
-        if self.STAGE == "noise":
-            rng = np.random.default_rng(params["noise_seed"])
-            kwargs["noise"] = rng.standard_normal(image.shape)
-        return F.augment_image(image, **kwargs)
+        Works on one image's values and on a batch's ``(n,)`` arrays alike; empty for
+        geometric ops, which contribute :meth:`matrix` instead.
+        """
+        return {}
 
 
 def _range_draw(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -273,7 +191,7 @@ class Rotate(ImageOp):
 
     op: ClassVar[str] = "rotate"
     STAGE: ClassVar[str] = "geometric"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "limit": _Field("number", 0.0, 180.0)}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "limit": Field("number", 0.0, 180.0)}
     IDENTITY: ClassVar[Mapping[str, float]] = {"angle": 0.0}
 
     limit: float = 15.0
@@ -335,9 +253,9 @@ class CropResize(ImageOp):
 
     op: ClassVar[str] = "crop_resize"
     STAGE: ClassVar[str] = "geometric"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {
-        "p": _P,
-        "scale": _Field("range", 0.0, 1.0, lo_open=True),
+    FIELDS: ClassVar[Mapping[str, Field]] = {
+        "p": P,
+        "scale": Field("range", 0.0, 1.0, lo_open=True),
     }
     IDENTITY: ClassVar[Mapping[str, float]] = {"scale_x": 1.0, "scale_y": 1.0}
 
@@ -377,11 +295,11 @@ class Affine(ImageOp):
 
     op: ClassVar[str] = "affine"
     STAGE: ClassVar[str] = "geometric"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {
-        "p": _P,
-        "scale": _Field("range", 0.0, 10.0, lo_open=True),
-        "shear": _Field("number", 0.0, 45.0),
-        "translate": _Field("number", 0.0, 0.5),
+    FIELDS: ClassVar[Mapping[str, Field]] = {
+        "p": P,
+        "scale": Field("range", 0.0, 10.0, lo_open=True),
+        "shear": Field("number", 0.0, 45.0),
+        "translate": Field("number", 0.0, 0.5),
     }
     IDENTITY: ClassVar[Mapping[str, float]] = {
         "zoom": 1.0, "shear_deg": 0.0, "translate_x": 0.0, "translate_y": 0.0,
@@ -422,7 +340,7 @@ class GaussianBlur(ImageOp):
 
     op: ClassVar[str] = "gaussian_blur"
     STAGE: ClassVar[str] = "blur"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "sigma": _Field("range", 0.0, 10.0)}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "sigma": Field("range", 0.0, 10.0)}
     IDENTITY: ClassVar[Mapping[str, float]] = {"sigma": 0.0}
 
     sigma: tuple[float, float] = (0.1, 1.0)
@@ -432,8 +350,8 @@ class GaussianBlur(ImageOp):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         return {"sigma": _range_draw(u[:, 0], self.sigma)}
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"sigma": float(params["sigma"])}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sigma": params["sigma"]}
 
 
 @dataclass(frozen=True)
@@ -449,7 +367,7 @@ class Brightness(ImageOp):
 
     op: ClassVar[str] = "brightness"
     STAGE: ClassVar[str] = "colour"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "factor": _Field("range", 0.0, 10.0)}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "factor": Field("range", 0.0, 10.0)}
     IDENTITY: ClassVar[Mapping[str, float]] = {"factor": 1.0}
 
     factor: tuple[float, float] = (0.8, 1.2)
@@ -459,8 +377,8 @@ class Brightness(ImageOp):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         return {"factor": _range_draw(u[:, 0], self.factor)}
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"brightness": float(params["factor"])}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"brightness": params["factor"]}
 
 
 @dataclass(frozen=True)
@@ -476,7 +394,7 @@ class Contrast(ImageOp):
 
     op: ClassVar[str] = "contrast"
     STAGE: ClassVar[str] = "colour"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "factor": _Field("range", 0.0, 10.0)}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "factor": Field("range", 0.0, 10.0)}
     IDENTITY: ClassVar[Mapping[str, float]] = {"factor": 1.0}
 
     factor: tuple[float, float] = (0.8, 1.2)
@@ -486,8 +404,8 @@ class Contrast(ImageOp):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         return {"factor": _range_draw(u[:, 0], self.factor)}
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"contrast": float(params["factor"])}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"contrast": params["factor"]}
 
 
 @dataclass(frozen=True)
@@ -503,9 +421,9 @@ class Gamma(ImageOp):
 
     op: ClassVar[str] = "gamma"
     STAGE: ClassVar[str] = "gamma"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {
-        "p": _P,
-        "gamma": _Field("range", 0.0, 10.0, lo_open=True),
+    FIELDS: ClassVar[Mapping[str, Field]] = {
+        "p": P,
+        "gamma": Field("range", 0.0, 10.0, lo_open=True),
     }
     IDENTITY: ClassVar[Mapping[str, float]] = {"gamma": 1.0}
 
@@ -516,8 +434,8 @@ class Gamma(ImageOp):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         return {"gamma": _range_draw(u[:, 0], self.gamma)}
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"gamma": float(params["gamma"])}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"gamma": params["gamma"]}
 
 
 @dataclass(frozen=True)
@@ -533,7 +451,7 @@ class GaussianNoise(ImageOp):
 
     op: ClassVar[str] = "gaussian_noise"
     STAGE: ClassVar[str] = "noise"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "std": _Field("range", 0.0, 1.0)}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "std": Field("range", 0.0, 1.0)}
     IDENTITY: ClassVar[Mapping[str, float]] = {"std": 0.0}
 
     std: tuple[float, float] = (0.0, 0.03)
@@ -543,19 +461,21 @@ class GaussianNoise(ImageOp):
     def draw_from(self, u: np.ndarray) -> dict[str, np.ndarray]:
         return {"std": _range_draw(u[:, 0], self.std)}
 
-    def stage_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"noise_std": float(params["std"])}
+    def stage_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"noise_std": params["std"]}
 
 
 # ------------------------------------------------------------------------------ text ops
 
 
-_ALPHA = _Field("number", 0.0, 1.0, lo_open=True)
+_ALPHA = Field("number", 0.0, 1.0, lo_open=True)
 
 
 @dataclass(frozen=True)
 class TextOp(Op):
     """Base of EDA text ops: each changes about ``alpha`` of the words of a text.
+
+    Each runs the function of :mod:`fedaug.augment.text` named by its tag.
 
     Parameters
     ----------
@@ -565,21 +485,9 @@ class TextOp(Op):
     """
 
     modality: ClassVar[str] = "text"
-    FIELDS: ClassVar[Mapping[str, _Field]] = {"p": _P, "alpha": _ALPHA}
+    FIELDS: ClassVar[Mapping[str, Field]] = {"p": P, "alpha": _ALPHA}
 
     alpha: float = 0.1
-
-    def sample_params(self, rng: random.Random) -> dict[str, Any]:
-        """``{"applied": bool, "alpha": float}`` for one text, drawn from ``rng``."""
-        return {"applied": rng.random() < self.p, "alpha": self.alpha}
-
-    def apply(self, text: str, params: Mapping[str, Any], *, rng: random.Random) -> str:
-        """Apply the EDA function of the same name (lazy import of ``fedaug.augment.text``)."""
-        if not params.get("applied", True) or params["alpha"] <= 0.0:
-            return text
-        from . import text as eda
-
-        return getattr(eda, self.op)(text, alpha=float(params["alpha"]), rng=rng)
 
 
 @dataclass(frozen=True)

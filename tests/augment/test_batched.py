@@ -21,8 +21,10 @@ from fedaug.augment import (
     Rotate,
     Sampling,
     VFlip,
+    apply_op,
     apply_policy,
     distribution_shift,
+    draw_op_params,
     draw_params,
     format_shift_report,
     opencv_backend,
@@ -91,14 +93,14 @@ def test_each_op_alone_draws_then_applies_deterministically(op) -> None:
     image = _images(3, "uint8", n=1)[0]
 
     # Execute
-    params = op.sample_params(torch.Generator().manual_seed(11))
-    again = op.sample_params(torch.Generator().manual_seed(11))
-    out = op.apply(image, {**params, "applied": True})
+    params = draw_op_params(op, torch.Generator().manual_seed(11))
+    again = draw_op_params(op, torch.Generator().manual_seed(11))
+    out = apply_op(op, image, {**params, "applied": True})
 
     # Assert
     assert params == again
     assert out.shape == image.shape and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, op.apply(image, {**again, "applied": True}))
+    np.testing.assert_array_equal(out, apply_op(op, image, {**again, "applied": True}))
 
 
 def test_flips_are_off_by_default_and_exact_when_asked() -> None:
@@ -110,7 +112,7 @@ def test_flips_are_off_by_default_and_exact_when_asked() -> None:
     # Execute
     default_tags = {op.op for op in Policy.default().ops}
     flipped = apply_policy(Policy(ops=(HFlip(p=1.0), VFlip(p=1.0))), image, seed=0)
-    turned = Rotate().apply(square, {"applied": True, "angle": 90.0})
+    turned = apply_op(Rotate(), square, {"applied": True, "angle": 90.0})
 
     # Assert: no flips by default; opt-in flips and a 90-degree turn are exact
     assert default_tags.isdisjoint({"hflip", "vflip"})
