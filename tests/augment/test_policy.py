@@ -1,4 +1,4 @@
-"""Tests of the augmentation policy: JSON round trips, strict validation, merging."""
+"""Tests of the augmentation policy: JSON round trips and strict validation."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ import pytest
 
 from fedaug.augment import (
     OPS,
-    Brightness,
-    Contrast,
-    GaussianNoise,
     Policy,
     Rotate,
     Sampling,
     apply_policy,
     apply_text_policy,
-    merge_policies,
 )
 from fedaug.errors import PolicyError
 
@@ -156,32 +152,3 @@ def test_python_construction_is_validated_too() -> None:
         Rotate(limit=-1)
     with pytest.raises(PolicyError, match=r"sampling\.magnitude: must be in \[0, 30\], got 31"):
         Sampling("randaugment", num_ops=1, magnitude=31)
-
-
-def test_merge_policies_weighted_average_known_answer() -> None:
-    # Prepare: site A (weight 3) and site B (weight 1)
-    a = Policy(ops=(Rotate(p=0.8, limit=10.0), Brightness(p=0.5, factor=(0.8, 1.2))))
-    b = Policy(ops=(Rotate(p=0.4, limit=20.0), Contrast(p=0.1, factor=(0.5, 1.5)),
-                    GaussianNoise(p=1.0, std=(0.0, 0.04))))
-
-    # Execute
-    merged = merge_policies([b, a], [1.0, 3.0])
-
-    # Assert: p averaged over all sites (absent = 0), ranges over the sites that have it
-    ops = {op.op: op for op in merged.ops}
-    assert list(ops) == ["rotate", "brightness", "gaussian_noise"]  # canonical order
-    assert ops["rotate"].p == pytest.approx(0.75 * 0.8 + 0.25 * 0.4)
-    assert ops["rotate"].limit == pytest.approx(0.75 * 10.0 + 0.25 * 20.0)
-    assert ops["brightness"].p == pytest.approx(0.375)
-    assert ops["brightness"].factor == pytest.approx((0.8, 1.2))
-    assert ops["gaussian_noise"].p == pytest.approx(0.25)
-    assert "contrast" not in ops  # merged p = 0.025 < 0.05: dropped
-    assert merge_policies([a, b], [3, 1]) == merged  # deterministic, order-free
-
-
-def test_merge_policies_refuses_mixed_modalities() -> None:
-    # Execute / Assert
-    with pytest.raises(PolicyError, match=r"mixed modalities \['image', 'text'\]"):
-        merge_policies([Policy.default("image"), Policy.default("text")], [1, 1])
-    with pytest.raises(PolicyError, match=r"weights\.0: must be a finite number >= 0"):
-        merge_policies([Policy.default()], [-1])
