@@ -8,7 +8,8 @@ Schema (version 1)::
      "sampling": null | {"kind": "randaugment" | "trivialaugment",
                          "num_ops": N, "magnitude": M}}
 
-Every key is required and no other key is accepted. Each op kind may appear once; ops run
+``schema_version``, ``modality`` and ``ops`` are required; ``sampling`` may be left out
+(it then defaults to null); no other key is accepted. Each op kind may appear once; ops run
 in the canonical order of :data:`fedaug.augment.ops.OPS` whatever their list order
 (geometric ops composed into one warp, then blur, brightness/contrast, gamma, noise).
 
@@ -68,7 +69,10 @@ MAX_MAGNITUDE = 30.0
 #: Longest JSON text :meth:`Policy.from_json` accepts (a full policy is about 1 kB).
 MAX_JSON_CHARS = 65536
 
-_TOP_KEYS = ("schema_version", "modality", "ops", "sampling")
+_REQUIRED_KEYS = ("schema_version", "modality", "ops")
+#: Keys that may be left out, with the value they then take.
+_OPTIONAL_KEYS: dict[str, Any] = {"sampling": None}
+_TOP_KEYS = (*_REQUIRED_KEYS, *_OPTIONAL_KEYS)
 _SAMPLING_KEYS = ("kind", "num_ops", "magnitude")
 _MAGNITUDE = Field("number", 0.0, MAX_MAGNITUDE)
 
@@ -247,7 +251,7 @@ class Policy:
         problems = [
             f"{key}: unknown key (allowed: {', '.join(_TOP_KEYS)})" for key in raw if key not in _TOP_KEYS
         ]
-        missing = [key for key in _TOP_KEYS if key not in raw]
+        missing = [key for key in _REQUIRED_KEYS if key not in raw]
         problems += [f"{key}: missing (required)" for key in missing]
         raw_ops = raw.get("ops", [])
         parsed: list[tuple[int, Op]] = []
@@ -259,7 +263,9 @@ class Policy:
                 problems += op_problems
                 if op is not None:
                     parsed.append((i, op))
-        sampling, sampling_problems = _sampling_from_dict(raw.get("sampling"))
+        sampling, sampling_problems = _sampling_from_dict(
+            raw.get("sampling", _OPTIONAL_KEYS["sampling"])
+        )
         problems += sampling_problems
         problems += [  # a missing key is reported once, as missing
             problem for problem in _problems(

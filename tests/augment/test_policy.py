@@ -117,6 +117,46 @@ def test_duplicate_ops_and_too_many_sampled_ops_are_rejected() -> None:
         Policy.from_dict(raw)
 
 
+def test_sampling_may_be_left_out_and_defaults_to_null() -> None:
+    # Prepare
+    raw = Policy.default().to_dict()
+    del raw["sampling"]
+
+    # Execute
+    policy = Policy.from_json(json.dumps(raw))
+
+    # Assert: the same policy; still written out, for readers that require it
+    assert policy == Policy.default()
+    assert policy.sampling is None
+    assert policy.to_dict()["sampling"] is None
+
+
+@pytest.mark.parametrize(
+    ("drop", "add", "expected"),
+    [
+        ("ops", {}, ["ops: missing (required)"]),
+        ("modality", {}, ["modality: missing (required)"]),
+        ("schema_version", {"extra": 1},
+         ["extra: unknown key (allowed: schema_version, modality, ops, sampling",
+          "schema_version: missing (required)"]),
+    ],
+)
+def test_other_top_level_keys_stay_strict(drop: str, add: dict, expected: list[str]) -> None:
+    # Prepare: a policy without sampling, so that key's absence is not what fails
+    raw = {key: value for key, value in Policy.default().to_dict().items()
+           if key not in (drop, "sampling")}
+    raw.update(add)
+
+    # Execute
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict(raw)
+
+    # Assert: exactly the expected problems (a missing key is reported once)
+    assert len(info.value.problems) == len(expected)
+    for problem, start in zip(sorted(info.value.problems), sorted(expected), strict=True):
+        assert problem.startswith(start)
+
+
 def test_unknown_schema_version_is_refused() -> None:
     # Prepare
     raw = Policy.default().to_dict()
