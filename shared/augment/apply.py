@@ -69,12 +69,14 @@ def apply_policy(policy: Policy, images: np.ndarray, *, seed: int) -> np.ndarray
     return out[..., 0] if arr.ndim == 3 else out
 
 
-def apply_op(op: ImageOp, image: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def apply_op(
+    op: ImageOp, image: np.ndarray, params: Mapping[str, Any], *, border: str = F.DEFAULT_BORDER
+) -> np.ndarray:
     """Apply one image op alone to one ``(H, W, C)`` image.
 
     ``params`` are one image's parameters of ``op``, as
     :func:`~fedaug.augment.params.draw_op_params` draws them (``applied`` False returns
-    a copy).
+    a copy); ``border`` fills what a geometric op uncovers (as a policy's ``border``).
     """
     if not params.get("applied", True):
         return image.copy()
@@ -82,7 +84,8 @@ def apply_op(op: ImageOp, image: np.ndarray, params: Mapping[str, Any]) -> np.nd
     if op.STAGE == "geometric":
         batch = {k: np.asarray([v]) for k, v in params.items()}
         m = op.matrix(batch, height=h, width=w)
-        return F.augment_image(image, theta=F.to_normalized(m, height=h, width=w)[0])
+        return F.augment_image(image, theta=F.to_normalized(m, height=h, width=w)[0],
+                               border=border)
     kwargs: dict[str, Any] = {k: float(v) for k, v in op.stage_values(params).items()}
     if op.STAGE == "noise":
         kwargs["noise"] = np.random.default_rng(params["noise_seed"]).standard_normal(image.shape)

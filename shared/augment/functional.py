@@ -11,8 +11,15 @@ pipeline applied forward as ``rotate -> flip -> crop_resize -> affine`` composes
 ``(n, 2, 3)`` matrix that ``torch.nn.functional.grid_sample`` expects
 (``align_corners=False``), :func:`to_pixel` turns that into the pixel-index matrix of
 ``cv2.warpAffine(..., flags=INTER_LINEAR | WARP_INVERSE_MAP)``, and :func:`warp_affine` is
-the same bilinear sampling with zero padding in numpy. The batched engine (``batched.py``) uses these very matrices, so the
-per-image and batched paths share their maths.
+the same bilinear sampling in numpy. The batched engine's backends use these very
+matrices, so the per-image and batched paths share their maths.
+
+Border modes fill what a warp uncovers (:data:`BORDER_MODES`): ``"reflect"`` mirrors the
+image about its outer pixel edges (``grid_sample``'s ``"reflection"`` with
+``align_corners=False``, OpenCV's ``BORDER_REFLECT``), ``"constant"`` fills with black
+(``"zeros"``, ``BORDER_CONSTANT``), ``"edge"`` repeats the outermost pixels (``"border"``,
+``BORDER_REPLICATE``). Reflect is the default: a rotated X-ray gets no black wedges that
+a classifier could learn as a feature.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import math
 import numpy as np
 
 __all__ = [
+    "BORDER_MODES",
+    "DEFAULT_BORDER",
     "LUMA_WEIGHTS",
     "rotation_matrix",
     "flip_matrix",
@@ -44,6 +53,9 @@ __all__ = [
 
 #: ITU-R 601 luma weights, as PIL's ``convert("L")`` (used for the contrast grey level).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+#: How a warp fills the area it uncovers (see the module docstring).
+BORDER_MODES = ("reflect", "constant", "edge")
+DEFAULT_BORDER = "reflect"
 
 
 def _stack(rows: list[list[np.ndarray | float]], n: int) -> np.ndarray:
@@ -186,8 +198,10 @@ def to_pixel(theta: np.ndarray, *, height: int, width: int) -> np.ndarray:
     return out
 
 
-def warp_affine(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
-    """Bilinear warp with zero padding, the numpy twin of ``grid_sample(align_corners=False)``.
+def warp_affine(
+    image: np.ndarray, theta: np.ndarray, *, border: str = DEFAULT_BORDER
+) -> np.ndarray:
+    """Bilinear warp, the numpy twin of ``grid_sample(align_corners=False)``.
 
     Parameters
     ----------
@@ -195,12 +209,16 @@ def warp_affine(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
         ``(H, W, C)`` floating image.
     theta : np.ndarray
         ``(2, 3)`` output-to-input map in normalised coordinates (:func:`to_normalized`).
+    border : str, default "reflect"
+        One of :data:`BORDER_MODES`: how samples outside the image are filled.
 
     Returns
     -------
     np.ndarray
         ``(H, W, C)`` float64 image.
     """
+    if border not in BORDER_MODES:
+        raise ValueError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
     h, w = image.shape[:2]
     xs = (2.0 * np.arange(w) + 1.0) / w - 1.0
     ys = (2.0 * np.arange(h) + 1.0) / h - 1.0
@@ -208,6 +226,10 @@ def warp_affine(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
     gy = theta[1, 0] * xs[None, :] + theta[1, 1] * ys[:, None] + theta[1, 2]
     ix = ((gx + 1.0) * w - 1.0) / 2.0
     iy = ((gy + 1.0) * h - 1.0) / 2.0
+    if border == "reflect":
+        ix, iy = _reflect(ix, w), _reflect(iy, h)
+    elif border == "edge":
+        ix, iy = np.clip(ix, 0.0, w - 1.0), np.clip(iy, 0.0, h - 1.0)
     x0 = np.floor(ix).astype(np.intp)
     y0 = np.floor(iy).astype(np.intp)
     fx = ix - x0
@@ -217,10 +239,27 @@ def warp_affine(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
     for dy, wy in ((0, 1.0 - fy), (1, fy)):
         for dx, wx in ((0, 1.0 - fx), (1, fx)):
             yy, xx = y0 + dy, x0 + dx
-            valid = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
+            weight = wy * wx
+            if border == "constant":  # outside samples are black
+                weight = weight * ((xx >= 0) & (xx < w) & (yy >= 0) & (yy < h))
+            # after reflect / edge an index past the last pixel carries zero weight
             values = src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
-            out += (wy * wx * valid)[..., None] * values
+            out += weight[..., None] * values
     return out
+
+
+def _reflect(coord: np.ndarray, size: int) -> np.ndarray:
+    """Pixel coordinates mirrored about the outer pixel edges into ``[0, size - 1]``.
+
+    The same arithmetic as ``grid_sample``'s reflection padding with
+    ``align_corners=False``: reflect into ``[-0.5, size - 0.5]``, then clip.
+    """
+    span = float(size)
+    c = np.abs(coord + 0.5)
+    flips = np.floor(c / span)
+    extra = np.fmod(c, span)
+    mirrored = np.where(flips % 2 == 0, extra - 0.5, span - extra - 0.5)
+    return np.clip(mirrored, 0.0, size - 1.0)
 
 
 def luminance_mean(image: np.ndarray) -> float:
@@ -308,25 +347,27 @@ def augment_image(
     gamma: float = 1.0,
     noise_std: float = 0.0,
     noise: np.ndarray | None = None,
+    border: str = DEFAULT_BORDER,
 ) -> np.ndarray:
     """Run the fixed stage order on one ``(H, W, C)`` (or ``(H, W)``) image; dtype kept.
 
-    Stages: one warp (``theta``, :func:`warp_affine`), blur, fused brightness and contrast,
-    gamma, additive noise. An identity parameter skips its stage. ``uint8`` images are
-    processed on the 0-255 scale and rounded half up at the end.
+    Stages: one warp (``theta``, :func:`warp_affine` with ``border``), blur, fused
+    brightness and contrast, gamma, additive noise. An identity parameter skips its stage.
+    ``uint8`` images are processed on the 0-255 scale and rounded half up at the end.
     """
     if image.ndim == 2:
         out = augment_image(
             image[..., None], theta=theta, sigma=sigma, brightness=brightness,
             contrast=contrast, gamma=gamma, noise_std=noise_std,
             noise=None if noise is None else np.reshape(noise, image.shape + (1,)),
+            border=border,
         )
         return out[..., 0]
     is_u8 = image.dtype == np.uint8
     top = 255.0 if is_u8 else 1.0
     x = np.asarray(image, dtype=np.float64)
     if theta is not None:
-        x = warp_affine(x, theta)
+        x = warp_affine(x, theta, border=border)
     if sigma > 0.0:
         x = gaussian_blur(x, sigma=sigma)
     if brightness != 1.0 or contrast != 1.0:

@@ -4,8 +4,8 @@
 example-weighted average of every op) when they can be merged, and otherwise takes the
 example-weighted vote: the policy with the most examples behind it. Policies cannot be
 merged when their sampling kinds differ, as after a private policy search where one site
-chose a RandAugment candidate and another a plain one: averaging a sampled policy with an
-unsampled one would describe neither.
+chose a RandAugment candidate and another a plain one (averaging a sampled policy with an
+unsampled one would describe neither), or when their border modes differ.
 """
 
 from __future__ import annotations
@@ -56,10 +56,14 @@ def _input_problems(policies: list[Any], weights: list[Any]) -> list[str]:
 
 def _conflicts(policies: list[Policy]) -> list[str]:
     """Why valid policies cannot be averaged into one (empty: they can)."""
+    problems = []
     kinds = sorted({p.sampling.kind if p.sampling else "null" for p in policies})
     if len(kinds) > 1:
-        return [f"policies: mixed sampling kinds {kinds} (sites must share one sampling kind)"]
-    return []
+        problems.append(f"policies: mixed sampling kinds {kinds} (sites must share one sampling kind)")
+    borders = sorted({p.border for p in policies})
+    if len(borders) > 1:
+        problems.append(f"policies: mixed border modes {borders} (sites must share one border mode)")
+    return problems
 
 
 def merge_policies(policies: Sequence[Policy], weights: Sequence[float]) -> Policy:
@@ -68,7 +72,8 @@ def merge_policies(policies: Sequence[Policy], weights: Sequence[float]) -> Poli
     Parameters
     ----------
     policies : sequence of Policy
-        Site policies, all of the same modality and the same sampling kind (or all None).
+        Site policies, all of the same modality, the same sampling kind (or all None) and
+        the same border mode (which the merged policy keeps).
     weights : sequence of float
         One non-negative weight per policy (e.g. example counts); normalised to sum 1.
 
@@ -86,7 +91,7 @@ def merge_policies(policies: Sequence[Policy], weights: Sequence[float]) -> Poli
     ------
     PolicyError
         Empty input, mismatched lengths, bad weights, mixed modalities, or policies that
-        cannot be merged (mixed sampling kinds).
+        cannot be merged (mixed sampling kinds or border modes).
     """
     policies, weights = list(policies), list(weights)
     problems = _input_problems(policies, weights)
@@ -137,7 +142,8 @@ def _merge(policies: list[Policy], weights: list[float]) -> Policy:
             num_ops=max(1, min(len(merged), int(num))),
             magnitude=min(MAX_MAGNITUDE, max(0.0, round(mag, 6))),
         )
-    return Policy(modality=policies[0].modality, ops=tuple(merged), sampling=sampling)
+    return Policy(modality=policies[0].modality, ops=tuple(merged), sampling=sampling,
+                  border=policies[0].border)
 
 
 def _vote(policies: list[Policy], weights: list[float]) -> tuple[Policy, float]:
@@ -168,7 +174,7 @@ def aggregate_policies(policies: Sequence[Policy], weights: Sequence[float]) -> 
     -------
     Policy
         :func:`merge_policies` of the policies when they can be merged; otherwise (mixed
-        sampling kinds) the example-weighted vote: the policy with the largest total
+        sampling kinds or border modes) the example-weighted vote: the policy with the largest total
         weight (equal policies pool theirs; a tie goes to the policy whose JSON sorts
         first, whatever the order of the sites), logged at INFO on ``fedaug.augment``.
 

@@ -4,7 +4,9 @@ For ``uint8`` batches on the CPU, :class:`~fedaug.augment.batched.BatchAugmenter
 ``backend="auto"`` or ``"opencv"``) hands the drawn :class:`BatchParams` to
 :func:`apply_params`. Each image is warped by the same composed 2x3 matrix as the torch
 path (converted by :func:`functional.to_pixel`) in one ``cv2.warpAffine`` call per channel
-plane (bilinear, zero border, OpenCV's SIMD kernel on ``uint8``); blur is
+plane (bilinear, OpenCV's SIMD kernel on ``uint8``; the policy's border as ``BORDER_REFLECT``,
+which mirrors about the outer pixel edges as ``grid_sample``'s reflection does,
+``BORDER_CONSTANT`` or ``BORDER_REPLICATE``); blur is
 ``cv2.sepFilter2D`` with the torch path's kernel and reflect-101 border; brightness,
 contrast and gamma become one 256-entry lookup table per image (``cv2.LUT``), built from
 the image's own mean grey after the warp; noise is added in float32 on the looked-up values.
@@ -36,10 +38,13 @@ from . import functional as F
 if TYPE_CHECKING:
     from .params import BatchParams
 
-__all__ = ["MIN_OPENCV", "available", "apply_params"]
+__all__ = ["MIN_OPENCV", "BORDER_FLAGS", "available", "apply_params"]
 
 #: Oldest OpenCV major version whose bilinear ``uint8`` warp agrees with ``grid_sample``.
 MIN_OPENCV = 5
+
+#: Names of ``cv2``'s border flags for each border mode of a policy (``cv2`` loads lazily).
+BORDER_FLAGS = {"reflect": "BORDER_REFLECT", "constant": "BORDER_CONSTANT", "edge": "BORDER_REPLICATE"}
 
 _RAMP = np.arange(256, dtype=np.float64)
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -92,13 +97,14 @@ def _run(
 
     _, c, h, w = src.shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    border = getattr(cv2, BORDER_FLAGS[params.border])
     for i in range(lo, hi):
         if mats is None:
             out[i] = src[i]
         else:
             for ch in range(c):
                 cv2.warpAffine(src[i, ch], mats[i], (w, h), dst=out[i, ch], flags=flags,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                               borderMode=border, borderValue=0)
         if params.sigma is not None:
             _blur(out[i], float(params.sigma[i]))
     tables = _tables(out[lo:hi], params, lo, hi)

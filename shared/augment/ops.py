@@ -180,7 +180,9 @@ def _range_draw(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Rotate(ImageOp):
-    """Rotate by an angle drawn uniformly in ``[-limit, limit]`` degrees (zero fill).
+    """Rotate by an angle drawn uniformly in ``[-limit, limit]`` degrees.
+
+    The corners it uncovers are filled as the policy's ``border`` says.
 
     Parameters
     ----------
@@ -280,7 +282,9 @@ class CropResize(ImageOp):
 
 @dataclass(frozen=True)
 class Affine(ImageOp):
-    """Zoom, horizontal shear and translation about the centre (zero fill).
+    """Zoom, horizontal shear and translation about the centre.
+
+    What it uncovers is filled as the policy's ``border`` says.
 
     Parameters
     ----------

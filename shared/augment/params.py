@@ -47,6 +47,8 @@ class BatchParams:
     noise : torch.Tensor or None
         ``(len(noise_index), C, H, W)`` standard normal float32 noise, on the generator's
         device.
+    border : str
+        The policy's border mode, for the warp (:data:`functional.BORDER_MODES`).
     """
 
     applied: np.ndarray
@@ -58,12 +60,14 @@ class BatchParams:
     noise_std: np.ndarray | None = None
     noise_index: np.ndarray | None = None
     noise: torch.Tensor | None = None
+    border: str = F.DEFAULT_BORDER
 
     def image_kwargs(self, i: int) -> dict[str, Any]:
         """Keyword arguments of :func:`functional.augment_image` for image ``i``."""
         kw: dict[str, Any] = {}
         if self.theta is not None:
             kw["theta"] = self.theta[i]
+            kw["border"] = self.border
         for name in ("sigma", "brightness", "contrast", "gamma", "noise_std"):
             values = getattr(self, name)
             if values is not None:
@@ -94,7 +98,7 @@ def draw_params(
     ops = policy.ops
     k = len(ops)
     if k == 0 or n == 0:
-        return BatchParams(applied=np.zeros((n, k), dtype=bool))
+        return BatchParams(applied=np.zeros((n, k), dtype=bool), border=policy.border)
     s = policy.sampling
     trivial = s is not None and s.kind == "trivialaugment"
     widths = [op.N_UNIFORMS for op in ops]
@@ -115,7 +119,7 @@ def draw_params(
         op.op: op.finalize(raw, applied[:, j], magnitude)
         for j, (op, raw) in enumerate(zip(ops, raws, strict=True))
     }
-    kw: dict[str, Any] = {"applied": applied}
+    kw: dict[str, Any] = {"applied": applied, "border": policy.border}
     mats = []
     for op in policy.ordered_ops():
         if op.STAGE == "geometric":

@@ -6,10 +6,12 @@ Schema (version 1)::
      "modality": "image" | "text",
      "ops": [{"op": "rotate", "p": 0.5, "limit": 15.0}, ...],
      "sampling": null | {"kind": "randaugment" | "trivialaugment",
-                         "num_ops": N, "magnitude": M}}
+                         "num_ops": N, "magnitude": M},
+     "border": "reflect" | "constant" | "edge"}
 
-``schema_version``, ``modality`` and ``ops`` are required; ``sampling`` may be left out
-(it then defaults to null); no other key is accepted. Each op kind may appear once; ops run
+``schema_version``, ``modality`` and ``ops`` are required; ``sampling`` (default null) and
+``border`` (default ``"reflect"``) may be left out; no other key is accepted. Each op kind
+may appear once; ops run
 in the canonical order of :data:`fedaug.augment.ops.OPS` whatever their list order
 (geometric ops composed into one warp, then blur, brightness/contrast, gamma, noise).
 
@@ -22,6 +24,11 @@ sample), every drawn parameter ``v`` of a chosen op is moved towards the op's id
 nothing, ``M = 15`` halves every range about its identity (rotation within +-limit/2,
 brightness 0.8-1.2 becomes 0.9-1.1, crop scale 0.7-0.9 becomes 0.85-0.95, text ``alpha``
 halved). Flips have no magnitude.
+
+Border. The geometric ops of an image (rotate, flips, crop_resize, affine) are composed
+into one warp, so the policy has one ``border`` mode for what that warp uncovers:
+``"reflect"`` mirrors the image (the default: no black wedges on a rotated X-ray),
+``"constant"`` fills with black, ``"edge"`` repeats the outermost pixels.
 
 The policy travels as a JSON string; :meth:`Policy.from_json` is the network entry point
 and raises nothing but :class:`~fedaug.errors.PolicyError`.
@@ -36,6 +43,7 @@ from typing import Any
 
 from fedaug.errors import PolicyError
 
+from .functional import BORDER_MODES, DEFAULT_BORDER
 from .ops import (
     OPS,
     Brightness,
@@ -53,6 +61,8 @@ from .ops import (
 from .schema import Field, show
 
 __all__ = [
+    "BORDER_MODES",
+    "DEFAULT_BORDER",
     "SCHEMA_VERSION",
     "MODALITIES",
     "SAMPLING_KINDS",
@@ -71,7 +81,7 @@ MAX_JSON_CHARS = 65536
 
 _REQUIRED_KEYS = ("schema_version", "modality", "ops")
 #: Keys that may be left out, with the value they then take.
-_OPTIONAL_KEYS: dict[str, Any] = {"sampling": None}
+_OPTIONAL_KEYS: dict[str, Any] = {"sampling": None, "border": DEFAULT_BORDER}
 _TOP_KEYS = (*_REQUIRED_KEYS, *_OPTIONAL_KEYS)
 _SAMPLING_KEYS = ("kind", "num_ops", "magnitude")
 _MAGNITUDE = Field("number", 0.0, MAX_MAGNITUDE)
@@ -125,6 +135,7 @@ def _problems(
     ops: Sequence[tuple[int, Any]],
     n_ops: int | None,
     sampling: Any,
+    border: Any,
 ) -> list[str]:
     """Every problem of a policy's parts, each with its path: the one policy validator.
 
@@ -167,6 +178,8 @@ def _problems(
         problems.append(
             f"sampling.num_ops: must be <= the number of ops ({n_ops}), got {sampling.num_ops}"
         )
+    if not isinstance(border, str) or border not in BORDER_MODES:
+        problems.append(f"border: must be one of {', '.join(BORDER_MODES)}, got {show(border)}")
     return problems
 
 
@@ -184,6 +197,9 @@ class Policy:
         None applies each op with its ``p``; see :class:`Sampling`.
     schema_version : int, default 1
         Only 1 exists.
+    border : str, default "reflect"
+        How the geometric ops' warp fills what it uncovers: ``"reflect"``,
+        ``"constant"`` (black) or ``"edge"``.
 
     Raises
     ------
@@ -195,6 +211,7 @@ class Policy:
     ops: tuple[Op, ...] = field(default=())
     sampling: Sampling | None = None
     schema_version: int = SCHEMA_VERSION
+    border: str = DEFAULT_BORDER
 
     def __post_init__(self) -> None:
         if not isinstance(self.ops, (list, tuple)):
@@ -203,6 +220,7 @@ class Policy:
         problems = _problems(
             schema_version=self.schema_version, modality=self.modality,
             ops=list(enumerate(self.ops)), n_ops=len(self.ops), sampling=self.sampling,
+            border=self.border,
         )
         if problems:
             raise PolicyError(problems)
@@ -266,6 +284,7 @@ class Policy:
         sampling, sampling_problems = _sampling_from_dict(
             raw.get("sampling", _OPTIONAL_KEYS["sampling"])
         )
+        border = raw.get("border", _OPTIONAL_KEYS["border"])
         problems += sampling_problems
         problems += [  # a missing key is reported once, as missing
             problem for problem in _problems(
@@ -274,12 +293,14 @@ class Policy:
                 ops=parsed,
                 n_ops=len(raw_ops) if isinstance(raw_ops, list) else None,
                 sampling=sampling,
+                border=border,
             )
             if problem.split(":")[0] not in missing
         ]
         if problems:
             raise PolicyError(problems)
-        return cls(modality=raw["modality"], ops=tuple(op for _, op in parsed), sampling=sampling)
+        return cls(modality=raw["modality"], ops=tuple(op for _, op in parsed), sampling=sampling,
+                   border=border)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Policy:
@@ -303,12 +324,13 @@ class Policy:
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in schema version 1."""
+        """JSON-ready dict in schema version 1, every key written out."""
         return {
             "schema_version": self.schema_version,
             "modality": self.modality,
             "ops": [op.to_dict() for op in self.ops],
             "sampling": None if self.sampling is None else self.sampling.to_dict(),
+            "border": self.border,
         }
 
     def to_json(self) -> str:

@@ -1,7 +1,7 @@
 """The torch backend of the batched engine: one ``grid_sample`` and batched tensor ops.
 
 The batch is warped by a single ``grid_sample`` on a hand-built grid (the composed 2x3
-maps of :class:`~fedaug.augment.params.BatchParams`); blur is a separable grouped
+maps of :class:`~fedaug.augment.params.BatchParams`, padded as its ``border`` says); blur is a separable grouped
 convolution with reflect padding; brightness and contrast are one fused multiply-add
 (with the final clip and rounding folded in when it is the last stage); gamma and noise
 touch only the images that get them. It runs on whatever device the tensor lives on and
@@ -23,7 +23,10 @@ from . import functional as F
 if TYPE_CHECKING:
     from .params import BatchParams
 
-__all__ = ["apply_params"]
+__all__ = ["PADDING_MODES", "apply_params"]
+
+#: ``grid_sample``'s ``padding_mode`` for each border mode of a policy.
+PADDING_MODES = {"reflect": "reflection", "constant": "zeros", "edge": "border"}
 
 
 def apply_params(x: torch.Tensor, params: BatchParams) -> torch.Tensor:
@@ -37,7 +40,7 @@ def apply_params(x: torch.Tensor, params: BatchParams) -> torch.Tensor:
     y = x.to(torch.float32)
     owned = y is not x
     if params.theta is not None:
-        y = _warp(y, params.theta)
+        y = _warp(y, params.theta, PADDING_MODES[params.border])
         owned = True
     if params.sigma is not None:
         y = _blur(y if owned else y.clone(), params.sigma)
@@ -105,7 +108,7 @@ def _base(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return xs.to(device=device, dtype=torch.float32), ys.to(device=device, dtype=torch.float32)
 
 
-def _warp(y: torch.Tensor, theta: np.ndarray) -> torch.Tensor:
+def _warp(y: torch.Tensor, theta: np.ndarray, padding_mode: str) -> torch.Tensor:
     b, _, h, w = y.shape
     t = torch.from_numpy(theta).to(device=y.device, dtype=torch.float32)
     xs, ys = _base(h, w, y.device)
@@ -117,7 +120,8 @@ def _warp(y: torch.Tensor, theta: np.ndarray) -> torch.Tensor:
             torch.addcmul(t[:, i, 2:3], t[:, i, 1:2], ys)[:, :, None],
             out=grid[..., i],
         )
-    return TF.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return TF.grid_sample(y, grid, mode="bilinear", padding_mode=padding_mode,
+                          align_corners=False)
 
 
 def _blur(y: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:

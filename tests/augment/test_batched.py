@@ -10,6 +10,7 @@ import torch.nn.functional as TF
 from fedaug.augment import (
     Affine,
     BatchAugmenter,
+    BatchParams,
     Brightness,
     Contrast,
     CropResize,
@@ -29,6 +30,7 @@ from fedaug.augment import (
     format_shift_report,
     opencv_backend,
 )
+from fedaug.augment import functional as F
 from fedaug.augment.batched import OPENCV_MIN_PIXELS
 from fedaug.errors import ConfigError, DataError
 
@@ -69,10 +71,11 @@ def test_shape_dtype_and_range_are_kept(channels: int, dtype: str) -> None:
     assert not np.array_equal(per_image, images)
 
 
+@pytest.mark.parametrize("border", F.BORDER_MODES)
 @pytest.mark.parametrize("sampling", [None, Sampling("randaugment", 3, 20), Sampling("trivialaugment", 1, 30)])
-def test_batched_engine_matches_the_per_image_path(sampling: Sampling | None) -> None:
+def test_batched_engine_matches_the_per_image_path(sampling: Sampling | None, border: str) -> None:
     # Prepare: gray uint8 and RGB float, every op
-    policy = Policy(ops=ALL_IMAGE_OPS, sampling=sampling)
+    policy = Policy(ops=ALL_IMAGE_OPS, sampling=sampling, border=border)
     gray, rgb = _images(1, "uint8", n=16), _images(3, "float32", n=16)
 
     # Execute
@@ -120,6 +123,65 @@ def test_flips_are_off_by_default_and_exact_when_asked() -> None:
     np.testing.assert_array_equal(turned, np.rot90(square))  # counter-clockwise, as PIL
 
 
+PATHS = ["reference", "torch", pytest.param("opencv", marks=pytest.mark.skipif(
+    not opencv_backend.available(), reason="needs OpenCV >= 5"))]
+
+
+def _apply(path: str, images: np.ndarray, params: BatchParams) -> np.ndarray:
+    """Apply drawn parameters to uint8 (N, H, W, C) images along one path."""
+    if path == "reference":
+        return np.stack([F.augment_image(img, **params.image_kwargs(i)) for i, img in enumerate(images)])
+    aug = BatchAugmenter(Policy(border=params.border), backend=path)
+    return aug.apply_params(_nchw(images), params).permute(0, 2, 3, 1).numpy()
+
+
+def _bright(n: int = 3, side: int = 32) -> np.ndarray:
+    """Bright uint8 images: a left-to-right ramp from 200 to 250."""
+    ramp = 200 + np.arange(side) * 50 // (side - 1)
+    return np.broadcast_to(ramp[None, None, :, None], (n, side, side, 1)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("border", F.BORDER_MODES)
+def test_rotated_bright_image_has_black_corners_only_under_constant_border(path: str, border: str) -> None:
+    # Prepare: a 30-degree turn, which moves every corner pixel 5 pixels outside the image
+    images = _bright()
+    n, h, w, _ = images.shape
+    theta = F.to_normalized(F.rotation_matrix(np.full(n, 30.0)), height=h, width=w)
+    params = BatchParams(applied=np.ones((n, 1), dtype=bool), theta=theta, border=border)
+
+    # Execute
+    out = _apply(path, images, params)
+
+    # Assert: black corners under constant; under reflect and edge no pixel darker than the image
+    corners = out[:, [0, 0, -1, -1], [0, -1, 0, -1], 0]
+    if border == "constant":
+        assert (corners == 0).all()
+        assert out[:, h // 2, w // 2].min() >= 200
+    else:
+        assert out.min() >= 200 and (corners >= 200).all()
+
+
+def test_border_modes_fill_differently_and_the_policy_border_reaches_every_path() -> None:
+    # Prepare: a flat bright image under a policy that always rotates
+    flat = np.full((8, 24, 24, 1), 200, dtype=np.uint8)
+    ramp = _bright(8, 24)
+    policies = {b: Policy(ops=(Rotate(p=1.0, limit=45.0),), border=b) for b in F.BORDER_MODES}
+
+    # Execute
+    flat_out = {b: apply_policy(p, flat, seed=0) for b, p in policies.items()}
+    ramp_out = {b: apply_policy(p, ramp, seed=0) for b, p in policies.items()}
+    drawn = draw_params(policies["edge"], 2, channels=1, height=8, width=8,
+                        generator=torch.Generator().manual_seed(0))
+
+    # Assert: mirrored and repeated pixels keep a flat image flat, black does not;
+    # the two keep different pixels of a ramp
+    assert (flat_out["reflect"] == 200).all() and (flat_out["edge"] == 200).all()
+    assert (flat_out["constant"] == 0).any()
+    assert not np.array_equal(ramp_out["reflect"], ramp_out["edge"])
+    assert drawn.border == "edge" and Policy.default().border == "reflect"
+
+
 def test_randaugment_sampling_is_deterministic_and_applies_num_ops() -> None:
     # Prepare
     policy = Policy(ops=ALL_IMAGE_OPS, sampling=Sampling("randaugment", num_ops=2, magnitude=12))
@@ -161,15 +223,18 @@ def _smooth(n: int, channels: int, h: int, w: int) -> torch.Tensor:
 
 
 @needs_opencv
+@pytest.mark.parametrize("border", F.BORDER_MODES)
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(
     "ops, max_diff",
     [((Rotate(p=1.0), HFlip(), VFlip(), CropResize(p=1.0)), 1), (ALL_IMAGE_OPS, 3)],
     ids=["geometric", "every-op"],
 )
-def test_opencv_backend_agrees_with_the_torch_backend(channels: int, ops, max_diff: int) -> None:
+def test_opencv_backend_agrees_with_the_torch_backend(
+    channels: int, ops, max_diff: int, border: str
+) -> None:
     # Prepare: non-square, so a swapped height and width would show
-    policy = Policy(ops=ops)
+    policy = Policy(ops=ops, border=border)
     x = _smooth(12, channels, 40, 56)
 
     # Execute

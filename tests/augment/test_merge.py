@@ -102,6 +102,22 @@ def test_aggregate_vote_tie_does_not_depend_on_the_order_of_sites() -> None:
     assert first.to_json() == min(plain.to_json(), sampled.to_json())
 
 
+def test_aggregate_keeps_a_shared_border_and_votes_between_different_ones() -> None:
+    # Prepare
+    reflect = Policy(ops=(Rotate(p=0.5, limit=10.0),))
+    constant = Policy(ops=(Rotate(p=0.5, limit=20.0),), border="constant")
+
+    # Execute
+    merged = aggregate_policies([constant, constant], [1, 1])
+    voted = aggregate_policies([reflect, constant], [3, 1])
+
+    # Assert
+    assert merged.border == "constant"
+    assert voted == reflect
+    with pytest.raises(PolicyError, match=r"mixed border modes \['constant', 'reflect'\]"):
+        merge_policies([reflect, constant], [3, 1])
+
+
 @pytest.mark.parametrize(
     ("policies", "weights", "match"),
     [

@@ -157,6 +157,40 @@ def test_other_top_level_keys_stay_strict(drop: str, add: dict, expected: list[s
         assert problem.startswith(start)
 
 
+@pytest.mark.parametrize("border", ["reflect", "constant", "edge"])
+def test_border_round_trips_and_defaults_to_reflect(border: str) -> None:
+    # Prepare
+    policy = Policy(ops=(Rotate(p=1.0),), border=border)
+    raw = policy.to_dict()
+    without = {key: value for key, value in raw.items() if key != "border"}
+
+    # Execute
+    back = Policy.from_json(policy.to_json())
+    defaulted = Policy.from_dict(without)
+
+    # Assert: written out, read back; a policy without the key reflects
+    assert raw["border"] == border and back == policy
+    assert defaulted.border == "reflect" and raw["schema_version"] == 1
+
+
+def test_bad_border_is_listed_with_the_other_problems() -> None:
+    # Prepare
+    raw = {**Policy.default().to_dict(), "border": "wrap"}
+    raw["ops"][0]["limit"] = 400
+
+    # Execute
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict(raw)
+
+    # Assert
+    assert sorted(info.value.problems) == [
+        "border: must be one of reflect, constant, edge, got 'wrap' (str)",
+        "ops.0.rotate.limit: must be in [0, 180], got 400",
+    ]
+    with pytest.raises(PolicyError, match=r"border: must be one of reflect, constant, edge, got None"):
+        Policy(border=None)  # type: ignore[arg-type]
+
+
 def test_unknown_schema_version_is_refused() -> None:
     # Prepare
     raw = Policy.default().to_dict()
