@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -221,13 +222,31 @@ def build_sample_scheduler(train_scheduler: DDPMScheduler) -> DDIMScheduler:
 
 
 def save_generator(folder: str | Path, unet: UNet2DModel, scheduler: DDPMScheduler,
-                   config: GeneratorConfig) -> None:
-    """Write a diffusers-loadable folder: ``unet/``, ``scheduler/`` and our config file."""
+                   config: GeneratorConfig, *, class_names: Sequence[str] | None = None) -> None:
+    """Write a diffusers pipeline folder: ``unet/``, ``scheduler/`` (the training schedule),
+    our config file and ``model_index.json``, which names
+    :class:`~fedaug.generator.pipeline.FedaugPipeline` with a DDIM sampler, the class names
+    (one per class; ``None`` leaves them to the folder's model card) and the prediction
+    type, so ``FedaugPipeline.from_pretrained(folder)`` loads it."""
+    import diffusers
+
+    if class_names is not None:
+        class_names = [str(n) for n in class_names]
+        if len(class_names) != config.num_classes:
+            raise ConfigError(f"class_names must name the generator's {config.num_classes} "
+                              "classes.", value=class_names)
     folder = Path(folder)
     unet.save_pretrained(folder / "unet")
     scheduler.save_pretrained(folder / "scheduler")
     (folder / GENERATOR_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n",
                                          encoding="utf-8")
+    # What FedaugPipeline(...).save_config writes (fedaug.generator.pipeline imports this
+    # module, so it is written here rather than through the class).
+    index = {"_class_name": "FedaugPipeline", "_diffusers_version": diffusers.__version__,
+             "class_names": class_names, "prediction_type": config.prediction_type,
+             "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n",
+                                             encoding="utf-8")
 
 
 def load_generator(folder: str | Path, *, device: str | torch.device = "cpu"
