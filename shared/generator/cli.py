@@ -12,8 +12,9 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``generate`` to the ``fedaug`` command."""
     g = sub.add_parser("generate", help="sample synthetic images from a global model",
-                       description="Write PNG files per class, a grid PNG and samples.npz "
-                       "(images uint8 N,H,W,C and labels) from a global model folder.")
+                       description="Write PNG files per class, a grid PNG (one row per class, "
+                       "labelled) and samples.npz (images uint8 N,H,W,C and labels) from a "
+                       "global model folder. A progress bar shows on a terminal.")
     g.add_argument("--model", required=True, help="global model folder, e.g. fedaug-out/global")
     g.add_argument("--num-samples", type=int, required=True,
                    help="samples in total (spread evenly over classes unless --label)")
@@ -21,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
                    help=f"DDIM steps (default {DEFAULT_SAMPLE_STEPS})")
-    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--out", required=True, help="output folder (new or empty)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out: first remove what an earlier generate "
+                   "wrote there (class folders of PNGs, grid.png, samples.npz), nothing else")
     g.set_defaults(func=_cmd_generate)
 
 
@@ -29,7 +33,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from fedaug.generator.generate import generate_to_folder
 
     written = generate_to_folder(args.model, args.out, num_samples=args.num_samples,
-                                 label=args.label, seed=args.seed, steps=args.steps)
+                                 label=args.label, seed=args.seed, steps=args.steps,
+                                 overwrite=args.overwrite)
     print(f"wrote {written['num-samples']} samples: {written['folder']} "
           f"(grid {written['grid']}, arrays {written['npz']})")
     return 0

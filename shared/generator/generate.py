@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,28 @@ from fedaug.atomic import atomic_write_bytes
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.errors import ConfigError
 from fedaug.generator.model import load_generator
+from fedaug.generator.pipeline import read_class_names
 from fedaug.generator.sample import make_grid, sample_images, to_uint8
 
-__all__ = ["generate", "generate_to_folder"]
+__all__ = ["generate", "generate_to_folder", "GRID_PER_CLASS"]
+
+#: Most images of one class in a row of ``grid.png`` (a preview; every sample is a PNG).
+GRID_PER_CLASS = 16
+_GRID, _NPZ = "grid.png", "samples.npz"
+#: The names generate gives the PNGs in class folders: the sample's index, 5 digits or more.
+_SAMPLE_PNG = re.compile(r"\d{5,}\.png")
 
 
 def generate(model_dir: str | Path, *, num_samples: int, label: int | None = None,
-             seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Sample ``num_samples`` images: uint8 (N, H, W, C), labels (N,), class names."""
+             seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS, progress: bool | None = None
+             ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Sample ``num_samples`` images: uint8 (N, H, W, C), labels (N,), class names.
+
+    ``progress``: a tqdm bar on stderr for runs longer than a second; ``None`` shows it when
+    stderr is a terminal.
+    """
     unet, scheduler, config = load_generator(model_dir)
-    names = _class_names(Path(model_dir), config.num_classes)
+    names = read_class_names(model_dir, config.num_classes)
     if num_samples < 1:
         raise ConfigError("--num-samples must be at least 1.", value=num_samples)
     if label is not None and not 0 <= label < config.num_classes:
@@ -34,43 +47,98 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
         labels.sort(kind="stable")
     else:
         labels = np.full(num_samples, label)
+    if progress is None:
+        progress = _stderr_is_terminal()
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
-                                    seed=seed, progress=num_samples > 256))
+                                    seed=seed, progress=progress))
     return images, labels.astype(np.int64), names
 
 
-def _class_names(folder: Path, k: int) -> list[str]:
+def _stderr_is_terminal() -> bool:
     try:
-        names = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))["classes"]
-        if len(names) == k:
-            return [str(n) for n in names]
-    except (OSError, ValueError, KeyError):
-        pass
-    return [str(i) for i in range(k)]
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: int,
-                       label: int | None = None, seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS
-                       ) -> dict[str, Any]:
-    """Write ``out/<class>/NNNNN.png``, ``out/grid.png`` and ``out/samples.npz``."""
-    images, labels, names = generate(model_dir, num_samples=num_samples, label=label,
-                                     seed=seed, steps=steps)
+                       label: int | None = None, seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS,
+                       overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Write ``out/<class>/NNNNN.png``, ``out/grid.png`` (one labelled row per class) and
+    ``out/samples.npz``.
+
+    An ``out`` folder that holds anything is refused unless ``overwrite``, which first
+    removes what an earlier run wrote there (the ``NNNNN.png`` files of its sub-folders,
+    sub-folders left empty by that, ``grid.png`` and ``samples.npz``) and nothing else.
+    """
     out = Path(out)
+    _check_out(out, overwrite=overwrite)
+    images, labels, names = generate(model_dir, num_samples=num_samples, label=label,
+                                     seed=seed, steps=steps, progress=progress)
+    if overwrite:
+        _remove_earlier_samples(out)
     for i, (img, y) in enumerate(zip(images, labels, strict=True)):
         folder = out / _safe(names[y])
         folder.mkdir(parents=True, exist_ok=True)
         arr = img[..., 0] if img.shape[-1] == 1 else img
         Image.fromarray(arr).save(folder / f"{i:05d}.png")
-    rows = len(np.unique(labels))
+    cells, rows, row_names = _grid_cells(images, labels, names)
     buf = io.BytesIO()
-    make_grid(images, rows=rows, scale=max(1, 96 // images.shape[1])).save(buf, format="PNG")
-    atomic_write_bytes(out / "grid.png", buf.getvalue())
+    make_grid(cells, rows=rows, scale=max(1, 96 // images.shape[1]),
+              row_labels=row_names).save(buf, format="PNG")
+    atomic_write_bytes(out / _GRID, buf.getvalue())
     npz = io.BytesIO()
     np.savez_compressed(npz, images=images, labels=labels, class_names=np.array(names))
-    atomic_write_bytes(out / "samples.npz", npz.getvalue())
-    return {"folder": str(out), "grid": str(out / "grid.png"), "npz": str(out / "samples.npz"),
+    atomic_write_bytes(out / _NPZ, npz.getvalue())
+    return {"folder": str(out), "grid": str(out / _GRID), "npz": str(out / _NPZ),
             "num-samples": int(len(images))}
 
 
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a folder with something in it (unless
+    ``overwrite``), before any sampling time is spent."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder.",
+                          fix="Pass a folder for the samples (it is created if missing).")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"--out {out} is not empty.",
+            fix="Pass --overwrite to replace the samples an earlier `fedaug generate` wrote "
+            "there (only its class folders of PNGs, grid.png and samples.npz are removed), or "
+            "choose a new or empty folder.")
+
+
+def _remove_earlier_samples(out: Path) -> None:
+    if not out.is_dir():
+        return
+    for name in (_GRID, _NPZ):
+        if (out / name).is_file():
+            (out / name).unlink()
+    for folder in out.iterdir():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        pngs = [p for p in folder.iterdir()
+                if _SAMPLE_PNG.fullmatch(p.name) and (p.is_file() or p.is_symlink())]
+        for png in pngs:
+            png.unlink()
+        if pngs and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _grid_cells(images: np.ndarray, labels: np.ndarray, names: list[str]
+                ) -> tuple[np.ndarray, int, list[str]]:
+    """The grid's cells: one row per class present, its first :data:`GRID_PER_CLASS` images,
+    short rows filled with white cells; also the row count and the row labels."""
+    classes = np.unique(labels)
+    per_row = [np.flatnonzero(labels == c)[:GRID_PER_CLASS] for c in classes]
+    cols = max(len(idx) for idx in per_row)
+    cells = np.full((len(classes) * cols, *images.shape[1:]), 255, dtype=np.uint8)
+    for r, idx in enumerate(per_row):
+        cells[r * cols:r * cols + len(idx)] = images[idx]
+    return cells, len(classes), [names[c] for c in classes]
+
+
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "class"
+    """A class name as a folder name inside ``out`` (never ``.`` or ``..``)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return "class" if not safe.strip(".") else safe
