@@ -10,12 +10,11 @@ from flwr.clientapp import ClientApp
 
 from fedaug import keys
 from fedaug.augment import Policy
-from fedaug.client.site import resolve_site
+from fedaug.client.site import resolve_site, spent_epsilon
 from fedaug.client.train import run_round
 from fedaug.client.warmup import release_class_sums
 from fedaug.config import RunConfig, TrainSettings
 from fedaug.generator import GeneratorConfig
-from fedaug.privacy import PrivacyLedger
 from fedaug.wire import to_wire
 
 __all__ = ["app", "handle_train", "handle_warmup"]
@@ -27,7 +26,7 @@ app = ClientApp()
 @app.train()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global generator on this site's data with DP; reply with
-    parameters, the policy used, and aggregate metrics only."""
+    parameters, the policy used, and metrics that are DP releases or post-processings."""
     run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
     cfg = msg.content[keys.CONFIG]
     settings = TrainSettings.from_mapping(dict(cfg), source="the server's train config",
@@ -50,12 +49,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict({
         keys.ARRAYS: to_wire(result.state_dict, run.transfer_dtype),
-        keys.METRICS: MetricRecord(result.metrics),
+        keys.METRICS: MetricRecord({k: result.metrics[k] for k in keys.TRAIN_METRICS}),
         keys.CONFIG: ConfigRecord({keys.SITE: site.name, keys.STATUS: result.status,
                                    keys.POLICY: result.policy_json}),
     })
     return Message(content=content, reply_to=msg)
-
 
 
 @app.query()
@@ -71,11 +69,11 @@ def handle_warmup(msg: Message, context: Context) -> Message:
                                  image_size=gen_config.image_size, run_id=str(cfg[keys.RUN_ID]),
                                  release_size=int(cfg[keys.WARMUP_SIZE]) if keys.WARMUP_SIZE in cfg
                                  else None)
-    ledger_eps = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta).epsilon()
     content = RecordDict({
-        keys.METRICS: MetricRecord({keys.EPSILON: ledger_eps, keys.DELTA: site.delta}),
-        keys.CONFIG: ConfigRecord({keys.SITE: site.name,
-                                   keys.STATUS: "released" if release else "declined"}),
+        keys.METRICS: MetricRecord({keys.EPSILON: spent_epsilon(site), keys.DELTA: site.delta,
+                                    keys.BUDGET: site.epsilon_budget}),
+        keys.CONFIG: ConfigRecord({keys.SITE: site.name, keys.STATUS: keys.STATUS_RELEASED
+                                   if release else keys.STATUS_DECLINED}),
     })
     if release is not None:
         content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in release.items()})

@@ -1,4 +1,4 @@
-"""Who a site is and where its data and state live, from node config and run config."""
+"""Who a site is, where its data and state live, and its privacy ledger, from its node config."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from fedaug import keys
-from fedaug.config import RunConfig
+from fedaug.config import NodeConfig, RunConfig
 from fedaug.data import ImageDataset, load_image_source, partition
 from fedaug.errors import ConfigError
+from fedaug.privacy import BudgetPlanner, NoiseSource, PrivacyLedger
+from fedaug.privacy.registry import SpendingRegistry, data_fingerprint, default_registry_dir
 
-__all__ = ["SiteContext", "resolve_site", "load_site_data"]
+__all__ = ["SiteContext", "resolve_site", "load_site_data", "open_ledger", "spent_epsilon"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,19 @@ class SiteContext:
     name : str
         The site's name (node config ``site-name``; ``site-<partition-id>`` in simulation).
     state_dir : Path
-        Folder holding the privacy ledger and plan (node config ``state-dir``).
+        Folder holding the privacy ledger and plans (node config ``state-dir``).
     data : str
         Data source (node config ``data-path``; the run's ``data`` in simulation).
     partition_id, num_partitions : int or None
         The simulated partition; ``None`` in a real deployment (the site uses all its data).
     epsilon_budget, delta : float
         The site's own privacy budget.
+    registry_dir : Path
+        Where the second record of its spending lives (outside the state folder).
+    secure_noise : bool
+        Whether its mechanisms draw from ChaCha20 (see :class:`~fedaug.privacy.NoiseSource`).
+    labels : str
+        Labels CSV of a DICOM folder ("" otherwise).
     """
 
     name: str
@@ -42,45 +49,47 @@ class SiteContext:
     num_partitions: int | None
     epsilon_budget: float
     delta: float
+    registry_dir: Path
+    secure_noise: bool = True
+    labels: str = ""
+
+    def noise_source(self) -> NoiseSource:
+        """A fresh secret source for one mechanism call."""
+        return NoiseSource(secure=self.secure_noise)
 
 
 def resolve_site(node_config: dict[str, Any], run: RunConfig) -> SiteContext:
-    """Build the site context; simulation (partition-id) and deployment (data-path) both work."""
-    pid = node_config.get(keys.NODE_PARTITION_ID)
-    nparts = node_config.get(keys.NODE_NUM_PARTITIONS)
-    simulated = pid is not None and keys.NODE_DATA_PATH not in node_config
-    if simulated:
-        name = str(node_config.get(keys.NODE_SITE_NAME, f"site-{int(pid)}"))
-        state = node_config.get(keys.NODE_STATE_DIR, str(Path(run.out_dir) / "sites" / name))
-        data = run.data
-    else:
-        missing = [k for k in (keys.NODE_DATA_PATH, keys.NODE_STATE_DIR) if k not in node_config]
-        if missing:
-            raise ConfigError(
-                "This site's node config lacks " + ", ".join(missing) + ".",
-                value=dict(node_config),
-                fix="Start the SuperNode with --node-config \"data-path='/data/site.npz' "
-                "state-dir='/var/lib/fedaug' epsilon-budget=10.0\" (see README, Deploy).",
-            )
-        data = str(node_config[keys.NODE_DATA_PATH])
-        state = str(node_config[keys.NODE_STATE_DIR])
-        name = str(node_config.get(keys.NODE_SITE_NAME, Path(state).name or "site"))
-        pid, nparts = None, None
-    budget = float(node_config.get(keys.NODE_EPSILON_BUDGET, run.epsilon))
-    delta = float(node_config.get(keys.NODE_DELTA, run.delta))
-    if not budget > 0 or not 0 < delta < 1:
-        raise ConfigError("A site's epsilon-budget must be > 0 and its delta in (0, 1).",
-                          value={"epsilon-budget": budget, "delta": delta},
-                          fix="Set node config epsilon-budget (e.g. 10.0) and delta (e.g. 1e-5).")
-    return SiteContext(
-        name=name,
-        state_dir=Path(state),
-        data=data,
-        partition_id=None if pid is None else int(pid),
-        num_partitions=None if nparts is None else int(nparts),
-        epsilon_budget=budget,
-        delta=delta,
-    )
+    """The site context from its node config (validated: unknown keys and bad values are a
+    ConfigError before anything is read or sent).
+
+    A deployed site must state its data, state folder, budget and delta; a simulated site
+    (a partition of the simulation's data) takes budget and delta from the run config of
+    the researcher who owns every simulated site.
+    """
+    node = NodeConfig.from_node_config(node_config)
+    if node.simulated:
+        name = node.site_name or f"site-{node.partition_id}"
+        out = Path(run.out_dir)
+        state = Path(node.state_dir) if node.state_dir else out / "sites" / name
+        registry = Path(node.spending_registry) if node.spending_registry else out / "spending"
+        return SiteContext(name=name, state_dir=state, data=run.data,
+                           partition_id=node.partition_id,
+                           num_partitions=node.num_partitions or 1,
+                           epsilon_budget=node.epsilon_budget or run.epsilon,
+                           delta=node.delta or run.delta, registry_dir=registry,
+                           secure_noise=node.secure_noise, labels=run.labels)
+    state = Path(node.state_dir)
+    registry = Path(node.spending_registry) if node.spending_registry else default_registry_dir()
+    if registry.resolve() == state.resolve() or state.resolve() in registry.resolve().parents:
+        raise ConfigError("The spending registry must live outside the site's state folder, "
+                          "or a wiped state folder takes it along.", value=str(registry),
+                          fix="Set spending-registry to another folder (default "
+                          "~/.fedaug/spending).")
+    return SiteContext(name=node.site_name or state.name or "site", state_dir=state,
+                       data=node.data_path, partition_id=None, num_partitions=None,
+                       epsilon_budget=node.epsilon_budget, delta=node.delta,
+                       registry_dir=registry, secure_noise=node.secure_noise,
+                       labels=node.labels)
 
 
 @lru_cache(maxsize=4)
@@ -101,6 +110,18 @@ def load_site_data(site: SiteContext, run: RunConfig) -> ImageDataset:
         return load_image_source(site.data, split="train", size=run.image_size or None,
                                  seed=run.seed)
     full, parts = _partitions(site.data, run.image_size or None, int(site.num_partitions or 1),
-                              run.partition,
-                              run.alpha, run.seed)
+                              run.partition, run.alpha, run.seed)
     return full.subset(parts[site.partition_id])
+
+
+def open_ledger(site: SiteContext, data: ImageDataset) -> tuple[PrivacyLedger, BudgetPlanner]:
+    """The site's ledger, held against the spending record of this very data set, and the
+    planner every mechanism asks before it spends."""
+    registry = SpendingRegistry(site.registry_dir, data_fingerprint(data.images, data.labels))
+    ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta, registry=registry)
+    return ledger, BudgetPlanner(ledger, site.epsilon_budget)
+
+
+def spent_epsilon(site: SiteContext) -> float:
+    """Epsilon of the site's ledger as it stands (0 before its first spending)."""
+    return PrivacyLedger(site.state_dir, site=site.name, delta=site.delta).epsilon()

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from fedaug.atomic import atomic_write_bytes
-from fedaug.client.site import SiteContext, load_site_data
+from fedaug.client.site import SiteContext, load_site_data, open_ledger
 from fedaug.client.train import images_to_tensor
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
-from fedaug.generator.train import secure_noise_generator
-from fedaug.privacy import PrivacyLedger, compose_epsilon
+from fedaug.privacy import BudgetPlanner
 
 __all__ = ["release_class_sums", "release_noise_multiplier", "WARMUP_FILE"]
 
@@ -37,34 +36,12 @@ WARMUP_MAX_SHARE = 0.5
 WARMUP_MAX_SIGMA = 100.0
 
 
-def release_noise_multiplier(requested: float, ledger: PrivacyLedger, budget: float
-                             ) -> float | None:
-    """The smallest noise multiplier >= ``requested`` whose release, composed with
-    everything in ``ledger``, spends at most :data:`WARMUP_MAX_SHARE` of the budget left;
-    None if even :data:`WARMUP_MAX_SIGMA` would spend more.
-
-    At epsilon 10 (delta 1e-5) the default 2.0 costs 2.17 and is kept; at epsilon 1 the
-    site releases with about 7.7 (0.5 of its budget alone; composed with DP-SGD it raises
-    that noise multiplier by about a sixth, see docs/benchmarks.md).
-    """
-    history, pure = ledger.history(), ledger.pure_epsilons()
-    spent = ledger.epsilon()
-    limit = spent + WARMUP_MAX_SHARE * (budget - spent)
-
-    def after(sigma: float) -> float:
-        return compose_epsilon([*history, (sigma, 1.0, 1)], delta=ledger.delta, pure=pure)
-
-    if after(requested) <= limit:
-        return requested
-    if after(WARMUP_MAX_SIGMA) > limit:
-        return None
-    lo, hi = requested, WARMUP_MAX_SIGMA
-    for _ in range(40):  # epsilon falls as sigma grows: bisect to 0.1 %
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if after(mid) > limit else (lo, mid)
-        if hi - lo < 1e-3 * hi:
-            break
-    return hi
+def release_noise_multiplier(requested: float, planner: BudgetPlanner) -> float | None:
+    """The smallest noise multiplier >= ``requested`` whose release spends at most
+    :data:`WARMUP_MAX_SHARE` of the budget left; None if even :data:`WARMUP_MAX_SIGMA`
+    would spend more."""
+    return planner.noise_multiplier(sample_rate=1.0, steps=1, share=WARMUP_MAX_SHARE,
+                                    at_least=requested, max_noise_multiplier=WARMUP_MAX_SIGMA)
 
 
 def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
@@ -83,7 +60,6 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
         raise ConfigError("The warm-up release size must be between 1 and the image size.",
                           value=release_size, fix=f"Set warmup-size to 0 (= {image_size}) or "
                           f"a side in 1..{image_size} on the server.")
-    ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta)
     path = site.state_dir / WARMUP_FILE
     try:
         stored = torch.load(path, map_location="cpu", weights_only=False)
@@ -91,7 +67,9 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
             return stored["release"]
     except (OSError, RuntimeError, EOFError, ValueError):
         pass
-    sigma = release_noise_multiplier(noise_multiplier, ledger, site.epsilon_budget)
+    data = load_site_data(site, run)
+    ledger, planner = open_ledger(site, data)
+    sigma = release_noise_multiplier(noise_multiplier, planner)
     if sigma is None:
         log.warning("%s: declines the warm-up release: even noise multiplier %g would spend "
                     "more than %.0f%% of the budget left (epsilon %.3f of %.2f).", site.name,
@@ -103,7 +81,6 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
                  "most %.0f%% of the budget left", site.name, sigma, noise_multiplier,
                  100 * WARMUP_MAX_SHARE)
     noise_multiplier = sigma
-    data = load_site_data(site, run)
     x = images_to_tensor(data.images)
     if x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
@@ -115,12 +92,12 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     sums = torch.zeros(num_classes, flat.shape[1], dtype=torch.float64).index_add_(0, y, flat)
     counts = torch.bincount(y, minlength=num_classes).double()
     std = noise_multiplier * math.sqrt(flat.shape[1] + 1.0)
-    gen = secure_noise_generator()
-    sums += torch.randn(sums.shape, generator=gen, dtype=torch.float64) * std
-    counts += torch.randn(counts.shape, generator=gen, dtype=torch.float64) * std
+    noise = site.noise_source()
+    sums += noise.normal(tuple(sums.shape), std=std, dtype=torch.float64)
+    counts += noise.normal(tuple(counts.shape), std=std, dtype=torch.float64)
     release = {"class-sums": sums.float().numpy(), "class-counts": counts.float().numpy()}
     ledger.append(mechanism="gaussian", noise_multiplier=noise_multiplier, sample_rate=1.0,
-                  steps=1, run=run_id, round=0)
+                  steps=1, run=run_id, round=0, release="warm-start")
     buf = io.BytesIO()
     torch.save({"run": run_id, "release": release}, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -93,15 +93,18 @@ def load_policy(spec: str) -> Policy:
 
 
 def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: Any,
-                run_id: str, out: Path) -> ArrayRecord:
+                run_id: str, out: Path, strategy: FedAugStrategy) -> ArrayRecord:
     """Round 0: DP central images from the sites, pretraining on them (see server/warmup.py)."""
     size = min(run.warmup_size or gen_config.image_size, gen_config.image_size)
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
                            keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
                            keys.WARMUP_SIZE: size})
-    means = collect_central_images(grid, config, num_classes=gen_config.num_classes,
-                                   image_shape=(gen_config.channels, size, size),
-                                   timeout=run.round_timeout_s)
+    means, answers = collect_central_images(grid, config, num_classes=gen_config.num_classes,
+                                            image_shape=(gen_config.channels, size, size),
+                                            timeout=run.round_timeout_s)
+    for a in answers:  # every site that spent on this model goes in the model card
+        strategy.record_warm_start(a.node, site=a.site, epsilon=a.epsilon, delta=a.delta,
+                                   budget=a.budget, released=a.released)
     if means is not None:
         if size != gen_config.image_size:  # sums of downsampled images: back to full size
             means = torch.nn.functional.interpolate(
@@ -146,10 +149,12 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
             "institution-level-dp": (None if strategy.central_ledger is None else {
                 "noise-multiplier": run.central_noise_multiplier,
                 "clip-norm": run.central_clip_norm,
+                "denominator": float(run.central_denominator or run.min_sites),
                 "epsilon": strategy.central_ledger.epsilon(),
                 "delta": run.delta,
-                "guarantee": "central DP w.r.t. adding or removing one site's whole update, "
-                             "given a trusted server",
+                "guarantee": "central DP w.r.t. adding or removing one site's whole "
+                             "contribution, given a trusted server (no sampling "
+                             "amplification claimed: the server chooses the sites)",
             }),
         }
 
@@ -161,10 +166,12 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         keep_round_checkpoint(out / "checkpoints", summary.server_round, out / "global",
                               keep=run.keep_checkpoints)
         eps = ", ".join(f"{r['site']} {r['epsilon']:.2f}" for r in strategy.site_cards())
-        log.info("round %d/%d: %d/%d sites replied, %d aggregated | loss %.4f | epsilon: %s | "
-                 "%.1fs | %.0f kB down, %.0f kB up per site", summary.server_round, run.num_server_rounds, summary.replied,
-                 summary.selected, summary.aggregated, summary.loss, eps, summary.seconds,
-                 summary.bytes_down_per_site / 1e3, summary.bytes_up_per_site / 1e3)
+        log.info("round %d/%d: %d/%d sites replied, %d aggregated | update norm %.3f | "
+                 "epsilon: %s | %.1fs | %.0f kB down, %.0f kB up per site",
+                 summary.server_round, run.num_server_rounds, summary.replied,
+                 summary.selected, summary.aggregated, summary.update_norm, eps,
+                 summary.seconds, summary.bytes_down_per_site / 1e3,
+                 summary.bytes_up_per_site / 1e3)
 
     strategy = FedAugStrategy(
         policy=policy,
@@ -179,6 +186,7 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         transfer_dtype=run.transfer_dtype,
         central_noise_multiplier=run.central_noise_multiplier,
         central_clip_norm=run.central_clip_norm,
+        central_denominator=float(run.central_denominator or run.min_sites),
         central_ledger=(PrivacyLedger(out / "server", site="server", delta=run.delta)
                         if run.central_noise_multiplier > 0 else None),
         run_id=run_id,
@@ -200,7 +208,7 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         log.info("resuming after round %d of %d from %s", strategy.round_offset,
                  run.num_server_rounds, out / "server" / STATE_FILE)
     elif run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
-        initial = _warm_start(grid, run, gen_config, unet, run_id, out)
+        initial = _warm_start(grid, run, gen_config, unet, run_id, out, strategy)
     remaining = run.num_server_rounds - strategy.round_offset
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=max(remaining, 0),
                             train_config=train_config, timeout=run.round_timeout_s)

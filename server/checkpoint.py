@@ -30,7 +30,8 @@ def write_global(folder: str | Path, arrays: ArrayRecord, *, gen_config: Generat
     unet.load_state_dict(arrays.to_torch_state_dict())
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        save_generator(tmp, unet, build_train_scheduler(gen_config), gen_config)
+        save_generator(tmp, unet, build_train_scheduler(gen_config), gen_config,
+                       class_names=card.get("classes"))
         full = {"format": "fedaug-model-card", "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 **card, "generator": gen_config.to_dict(),
                 "parameters": int(sum(p.numel() for p in unet.parameters()))}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -26,31 +25,38 @@ from flwr.serverapp.strategy import FedAvg
 from fedaug import keys
 from fedaug.augment import Policy, merge_policies
 from fedaug.errors import PolicyError
+from fedaug.privacy import NoiseSource
+from fedaug.server.aggregate import AGGREGATIONS, aggregate_arrays
+from fedaug.server.central_dp import central_dp_mean
+from fedaug.server.replies import check_train_reply
 from fedaug.wire import cast_record, record_nbytes
 
 __all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary", "combine_policies"]
 
 log = logging.getLogger("fedaug.server")
-_REQUIRED_METRICS = (keys.NUM_EXAMPLES, keys.LOSS, keys.EPSILON, keys.DELTA)
 
 
 @dataclass
 class SiteRecord:
-    """What the server knows of a site: only aggregate metrics it reported."""
+    """What the server knows of a site: only what it released (its noisy count, its
+    epsilon) and its own settings (budget, delta). Every site that spent any budget on this
+    model has one, warm-start-only sites included."""
 
     site: str
     node_id: int
-    num_examples: int = 0
+    num_examples: float = 0.0
     epsilon: float = 0.0
     delta: float = 0.0
     budget: float = 0.0
     status: str = "selected"
     last_round: int = 0
+    warm_start: bool = False
 
     def card(self) -> dict[str, Any]:
-        return {"site": self.site, "num-examples": self.num_examples, "epsilon": self.epsilon,
+        return {"site": self.site, "num-examples": round(self.num_examples, 1),
+                "num-examples-is": "noisy count (a DP release)", "epsilon": self.epsilon,
                 "delta": self.delta, "budget": self.budget, "status": self.status,
-                "last-round": self.last_round}
+                "last-round": self.last_round, "warm-start": self.warm_start}
 
 
 @dataclass
@@ -62,7 +68,7 @@ class RoundSummary:
     replied: int
     aggregated: int
     excluded: dict[str, str] = field(default_factory=dict)
-    loss: float = float("nan")
+    update_norm: float = float("nan")
     seconds: float = 0.0
     bytes_down_per_site: int = 0
     bytes_up_per_site: float = 0.0
@@ -111,11 +117,14 @@ class FedAugStrategy(FedAvg):
     wait_for_sites_s : float (default: 0.0)
         How long to wait for enough sites to connect before ending the run.
     central_noise_multiplier : float (default: 0.0)
-        Institution-level (central) DP at the server: each site's update is clipped to
-        ``central_clip_norm`` and Gaussian noise with this multiplier is added to the
-        equal-weight mean; each round is recorded in ``central_ledger`` (0 = off).
+        Institution-level (central) DP at the server (see :mod:`fedaug.server.central_dp`):
+        each site's update is clipped to ``central_clip_norm``, the sum gets Gaussian noise
+        with this multiplier and is divided by ``central_denominator``; each round is
+        recorded in ``central_ledger`` (0 = off).
     central_clip_norm : float (default: 1.0)
         L2 bound of one site's update under central DP.
+    central_denominator : float (default: 2.0)
+        The fixed expected number of sites per round that divides the noisy sum.
     central_ledger : PrivacyLedger, optional
         The server's own ledger for central DP releases.
     run_id : str
@@ -131,14 +140,14 @@ class FedAugStrategy(FedAvg):
                  on_round: Callable[[RoundSummary, ArrayRecord, FedAugStrategy], None] | None = None,
                  seed: int = 0, wait_for_sites_s: float = 0.0,
                  transfer_dtype: str = "float32", central_noise_multiplier: float = 0.0,
-                 central_clip_norm: float = 1.0, central_ledger: Any = None,
-                 run_id: str = "") -> None:
+                 central_clip_norm: float = 1.0, central_denominator: float = 2.0,
+                 central_ledger: Any = None, run_id: str = "") -> None:
         super().__init__(fraction_train=fraction_train, fraction_evaluate=1.0,
                          min_train_nodes=min_sites, min_evaluate_nodes=0,
                          min_available_nodes=min_sites, weighted_by_key=keys.NUM_EXAMPLES,
                          arrayrecord_key=keys.ARRAYS, configrecord_key=keys.CONFIG)
-        if aggregation not in ("mean", "median", "trimmed-mean"):
-            raise ValueError(f"aggregation must be mean, median or trimmed-mean, got {aggregation!r}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.policy = policy
         self.min_sites = min_sites
         self.aggregation = aggregation
@@ -149,6 +158,7 @@ class FedAugStrategy(FedAvg):
         self.transfer_dtype = transfer_dtype
         self.central_noise_multiplier = central_noise_multiplier
         self.central_clip_norm = central_clip_norm
+        self.central_denominator = float(central_denominator)
         self.central_ledger = central_ledger
         self.run_id = run_id
         self.round_offset = 0  # rounds completed before a restart (see resume_from)
@@ -226,7 +236,8 @@ class FedAugStrategy(FedAvg):
             if msg.has_error():
                 summary.excluded[name] = f"site error: {msg.error.reason}"
                 continue
-            problem, policy = self._check_reply(msg.content)
+            problem, policy = check_train_reply(msg.content, self._current,
+                                                max_update_norm=self.max_update_norm)
             cfg = msg.content.config_records.get(keys.CONFIG, ConfigRecord())
             name = str(cfg.get(keys.SITE, name))
             if problem:
@@ -238,12 +249,12 @@ class FedAugStrategy(FedAvg):
             rec.epsilon = float(metrics[keys.EPSILON])
             rec.delta = float(metrics[keys.DELTA])
             rec.budget = float(metrics.get(keys.BUDGET, 0.0))
-            rec.status = str(cfg.get(keys.STATUS, "trained"))
-            if rec.status == "budget-exhausted":
+            rec.status = str(cfg.get(keys.STATUS, keys.STATUS_TRAINED))
+            if rec.status == keys.STATUS_EXHAUSTED:
                 self.exhausted.add(node)
                 summary.excluded[name] = "privacy budget exhausted (site declined)"
                 continue
-            rec.num_examples = int(metrics[keys.NUM_EXAMPLES])
+            rec.num_examples = float(metrics[keys.NUM_EXAMPLES])
             good.append((msg.content, policy, rec))
         answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         for node in self._chosen:
@@ -262,15 +273,15 @@ class FedAugStrategy(FedAvg):
             summary.seconds = time.perf_counter() - self._t0
             self.rounds.append(summary)
             return None, None
-        contents = [c for c, _, _ in good]
+        records = [c[keys.ARRAYS] for c, _, _ in good]
         weights = [float(r.num_examples) for _, _, r in good]
         if self.central_noise_multiplier > 0:
-            arrays = self._central_dp_aggregate(contents, server_round)
+            arrays = self._central_dp_aggregate(records, server_round)
         else:
-            arrays = self._aggregate_arrays(contents, weights)
-        metrics = self.train_metrics_aggr_fn(contents, keys.NUM_EXAMPLES)
+            arrays = aggregate_arrays(records, weights, rule=self.aggregation)
+        metrics = MetricRecord({keys.NUM_EXAMPLES: float(sum(weights))})
         self.policy = combine_policies([p for _, p, _ in good], weights)
-        summary.loss = float(metrics.get(keys.LOSS, float("nan")))
+        summary.update_norm = _distance(arrays, self._current)
         self.latest_raw = arrays
         published = self.published = self._update_ema(arrays)
         summary.seconds = time.perf_counter() - self._t0
@@ -279,100 +290,19 @@ class FedAugStrategy(FedAvg):
             self.on_round(summary, published, self)
         return arrays, metrics
 
-    def _check_reply(self, content: RecordDict) -> tuple[str | None, Policy | None]:
-        """A reason to exclude this reply, or None; and its parsed policy."""
-        if keys.ARRAYS not in content.array_records or len(content.array_records) != 1:
-            return "expected exactly one ArrayRecord named 'arrays'", None
-        if keys.METRICS not in content.metric_records:
-            return "no MetricRecord named 'metrics'", None
-        metrics = content[keys.METRICS]
-        missing = [k for k in _REQUIRED_METRICS if k not in metrics]
-        if missing:
-            return f"metrics lack {missing}", None
-        values = [metrics[k] for k in _REQUIRED_METRICS]
-        if any(isinstance(v, list) or not np.isfinite(float(v)) for v in values):
-            return "metrics are not finite scalars", None
-        cfg = content.config_records.get(keys.CONFIG)
-        if cfg is None or keys.POLICY not in cfg:
-            return "no policy in the reply's config record", None
-        try:
-            policy = Policy.from_json(str(cfg[keys.POLICY]))
-        except PolicyError as err:
-            return f"malformed policy: {err}", None
-        if cfg.get(keys.STATUS) == "budget-exhausted":
-            return None, policy
-        if int(metrics[keys.NUM_EXAMPLES]) <= 0:
-            return f"num-examples must be > 0, got {metrics[keys.NUM_EXAMPLES]}", None
-        reference = self._current
-        arrays = content[keys.ARRAYS]
-        if reference is not None:
-            if set(arrays.keys()) != set(reference.keys()):
-                extra = sorted(set(arrays.keys()) - set(reference.keys()))[:3]
-                lacking = sorted(set(reference.keys()) - set(arrays.keys()))[:3]
-                return f"parameter names differ (unexpected {extra}, missing {lacking})", None
-            sq = 0.0
-            for k, ref in reference.items():
-                a, r = arrays[k].numpy(), ref.numpy()
-                if a.shape != r.shape:
-                    return f"parameter {k} has shape {a.shape}, expected {r.shape}", None
-                if not np.all(np.isfinite(a)):
-                    return f"parameter {k} holds NaN or Inf", None
-                sq += float(np.sum((a.astype(np.float64) - r.astype(np.float64)) ** 2))
-            if np.sqrt(sq) > self.max_update_norm:
-                return (f"update norm {np.sqrt(sq):.3g} exceeds max-update-norm "
-                        f"{self.max_update_norm:g}"), None
-        return None, policy
-
-    def _aggregate_arrays(self, contents: list[RecordDict], weights: list[float]) -> ArrayRecord:
-        names = list(contents[0][keys.ARRAYS].keys())
-        out: dict[str, Array] = {}
-        w = np.asarray(weights, dtype=np.float64)
-        w = w / w.sum()
-        for name in names:
-            stack = np.stack([c[keys.ARRAYS][name].numpy() for c in contents])
-            if self.aggregation == "mean":
-                agg = np.tensordot(w, stack.astype(np.float64), axes=1)
-            elif self.aggregation == "median":
-                agg = np.median(stack, axis=0)
-            else:
-                k = int(len(stack) * 0.2)
-                srt = np.sort(stack, axis=0)
-                agg = srt[k:len(stack) - k].mean(axis=0)
-            out[name] = Array(np.asarray(agg, dtype=np.float32 if np.issubdtype(
-                stack.dtype, np.floating) else stack.dtype))
-        return ArrayRecord(out)
-
-    def _central_dp_aggregate(self, contents: list[RecordDict], server_round: int
+    def _central_dp_aggregate(self, records: list[ArrayRecord], server_round: int
                               ) -> ArrayRecord:
-        """Institution-level DP: clip each site's update to ``central_clip_norm`` (L2 over all
-        parameters), average with equal weights, add N(0, (sigma * C / m)^2) to the mean.
-
-        Adding or removing one whole site changes the mean by at most C / m, so each round is
-        a Gaussian mechanism with noise multiplier sigma, recorded in the server's ledger.
-        """
-        ref = {k: v.numpy().astype(np.float64) for k, v in self._current.items()}
-        m = len(contents)
-        total = {k: np.zeros_like(v) for k, v in ref.items()}
-        for c in contents:
-            delta = {k: c[keys.ARRAYS][k].numpy().astype(np.float64) - ref[k] for k in ref}
-            norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in delta.values())))
-            scale = min(1.0, self.central_clip_norm / max(norm, 1e-12))
-            for k in ref:
-                total[k] += delta[k] * scale
-        std = self.central_noise_multiplier * self.central_clip_norm / m
-        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-        out = {}
-        for k, v in ref.items():
-            mean = total[k] / m
-            if np.issubdtype(self._current[k].numpy().dtype, np.floating):
-                mean = mean + rng.normal(0.0, std, size=mean.shape)
-            out[k] = Array((v + mean).astype(self._current[k].numpy().dtype))
+        """Institution-level DP (see :mod:`fedaug.server.central_dp`), recorded in the
+        server's ledger before the model is published."""
+        arrays = central_dp_mean(records, self._current, clip_norm=self.central_clip_norm,
+                                 noise_multiplier=self.central_noise_multiplier,
+                                 denominator=self.central_denominator, noise=NoiseSource())
         if self.central_ledger is not None:
             self.central_ledger.append(mechanism="gaussian",
                                        noise_multiplier=self.central_noise_multiplier,
                                        sample_rate=1.0, steps=1, run=self.run_id,
-                                       round=server_round)
-        return ArrayRecord(out)
+                                       round=server_round, release="central-update")
+        return arrays
 
     def _update_ema(self, arrays: ArrayRecord) -> ArrayRecord:
         if self.ema_decay <= 0:
@@ -406,3 +336,22 @@ class FedAugStrategy(FedAvg):
     def site_cards(self) -> list[dict[str, Any]]:
         """Per-site entries of the model card, sorted by site name."""
         return [r.card() for r in sorted(self.sites.values(), key=lambda r: r.site)]
+
+    def record_warm_start(self, node: int, *, site: str, epsilon: float, delta: float,
+                          budget: float, released: bool) -> None:
+        """A site's warm-start reply: it spent budget on this model even if it never trains."""
+        rec = self.sites.setdefault(node, SiteRecord(site=site, node_id=node))
+        rec.site, rec.epsilon, rec.delta, rec.budget = site, epsilon, delta, budget
+        rec.warm_start = released
+        if rec.status == "selected":
+            rec.status = "warm-start only" if released else "declined the warm start"
+
+
+def _distance(arrays: ArrayRecord, reference: ArrayRecord | None) -> float:
+    """L2 distance between two models (the round's aggregate update; post-processing)."""
+    if reference is None:
+        return float("nan")
+    return float(np.sqrt(sum(
+        float(np.sum((arrays[k].numpy().astype(np.float64)
+                      - reference[k].numpy().astype(np.float64)) ** 2))
+        for k in reference.keys())))

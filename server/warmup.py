@@ -4,6 +4,7 @@ pretraining of the generator on them (post-processing of DP releases: no further
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,16 +15,29 @@ from flwr.serverapp import Grid
 from fedaug import keys
 from fedaug.generator import train_nondp
 
-__all__ = ["collect_central_images", "pretrain_on_central_images"]
+__all__ = ["WarmupReply", "collect_central_images", "pretrain_on_central_images"]
 
 log = logging.getLogger("fedaug.server")
 
 
+@dataclass(frozen=True)
+class WarmupReply:
+    """What one site said to the warm-start request (all of it releases or its settings)."""
+
+    node: int
+    site: str
+    released: bool
+    epsilon: float
+    delta: float
+    budget: float
+
+
 def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int,
                            image_shape: tuple[int, int, int], timeout: float,
-                           min_count: float = 5.0) -> np.ndarray | None:
+                           min_count: float = 5.0
+                           ) -> tuple[np.ndarray | None, list[WarmupReply]]:
     """Ask every site for its noised class sums; return per-class mean images in [-1, 1]
-    as (K, C, H, W), or None when no site released."""
+    as (K, C, H, W) (None when no site released) and each site's reply."""
     nodes = list(grid.get_node_ids())
     msgs = [Message(content=RecordDict({keys.CONFIG: config}), message_type=MessageType.QUERY,
                     dst_node_id=n) for n in nodes]
@@ -32,8 +46,15 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
     sums = np.zeros((num_classes, c * h * w))
     counts = np.zeros(num_classes)
     used = 0
+    answers = []
     for r in replies:
-        if r.has_error() or keys.ARRAYS not in r.content.array_records:
+        if r.has_error():
+            log.warning("warm-up: node %d failed: %s", r.metadata.src_node_id, r.error.reason)
+            continue
+        answer = _answer(r)
+        if answer is not None:
+            answers.append(answer)
+        if keys.ARRAYS not in r.content.array_records:
             continue
         arrays = r.content[keys.ARRAYS]
         try:
@@ -50,9 +71,23 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
         used += 1
     log.info("warm-up: %d of %d sites released noised class sums", used, len(nodes))
     if used == 0:
-        return None
+        return None, answers
     means = sums / np.maximum(counts, min_count)[:, None]
-    return np.clip(means, -1, 1).reshape(num_classes, c, h, w).astype(np.float32)
+    return np.clip(means, -1, 1).reshape(num_classes, c, h, w).astype(np.float32), answers
+
+
+def _answer(reply: Message) -> WarmupReply | None:
+    cfg = reply.content.config_records.get(keys.CONFIG)
+    metrics = reply.content.metric_records.get(keys.METRICS)
+    if cfg is None or metrics is None:
+        return None
+    try:
+        return WarmupReply(node=reply.metadata.src_node_id, site=str(cfg[keys.SITE]),
+                           released=cfg.get(keys.STATUS) == keys.STATUS_RELEASED,
+                           epsilon=float(metrics[keys.EPSILON]), delta=float(metrics[keys.DELTA]),
+                           budget=float(metrics.get(keys.BUDGET, 0.0)))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, means: np.ndarray,

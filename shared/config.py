@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fedaug.errors import ConfigError
 
@@ -17,7 +18,7 @@ DEFAULT_SAMPLE_STEPS = 25
 #: (Karras et al. 2022's preconditioning, see ``fedaug.generator.model.diffusion_target``).
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 
-__all__ = ["RunConfig", "TrainSettings", "settings_help"]
+__all__ = ["RunConfig", "TrainSettings", "NodeConfig", "settings_help"]
 
 T = TypeVar("T", bound="_Settings")
 
@@ -37,6 +38,9 @@ def _key(name: str) -> str:
 class _Settings:
     """Shared mechanism: kebab-case keys, strict types, every problem listed at once."""
 
+    _FIX: ClassVar[str] = ("Correct the keys above; `fedaug simulate --help` lists every setting "
+                           "with its range and default.")
+
     @classmethod
     def from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str,
                      ignore_unknown: bool = False) -> T:
@@ -47,7 +51,10 @@ class _Settings:
             f = known.get(key)
             if f is None:
                 if not ignore_unknown:
-                    problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+                    close = difflib.get_close_matches(key, list(known), n=1)
+                    hint = (f"did you mean {close[0]!r}?" if close
+                            else f"known: {', '.join(sorted(known))}")
+                    problems.append(f"unknown key {key!r} ({hint})")
                 continue
             value, problem = _coerce(raw, type(f.default))
             if problem:
@@ -61,8 +68,7 @@ class _Settings:
         if problems:
             raise ConfigError(
                 f"Invalid settings in {source} ({len(problems)} problem(s)): " + "; ".join(problems),
-                fix="Correct the keys above; `fedaug simulate --help` lists every setting with "
-                "its range and default.",
+                fix=cls._FIX,
             )
         return cls(**values)
 
@@ -154,7 +160,8 @@ class TrainSettings(_Settings):
                                         "mechanism at this epsilon, once per run, charged to its "
                                         "ledger (0 = off: policies stay data-independent)",
                                         lo=0.0, hi=100.0)
-    seed: int = _opt(0, "run seed; every random draw comes from (seed, site, round)", lo=0)
+    seed: int = _opt(0, "run seed: the public draws only (data split, model initialisation, "
+                     "evaluation); every draw of a privacy mechanism is secret", lo=0)
 
     def steps_per_round(self, sample_rate: float) -> int:
         """DP-SGD steps a site with Poisson rate ``sample_rate`` runs in one round."""
@@ -179,11 +186,13 @@ class RunConfig(_Settings):
     min_sites: int = _opt(2, "fewest sites a round needs; the run ends cleanly below it", lo=1)
     data: str = _opt("digits", "data source in simulation: 'digits' (built-in), a MedMNIST .npz "
                      "or an image folder")
+    labels: str = _opt("", "CSV of labels (file, label) when data is a DICOM folder")
     partition: str = _opt("dirichlet", "how simulation splits data over sites",
                           choices=("iid", "dirichlet", "quantity"))
     alpha: float = _opt(0.5, "Dirichlet concentration of the label/quantity skew", lo=0.0,
                         lo_open=True)
-    seed: int = _opt(0, "run seed", lo=0)
+    seed: int = _opt(0, "run seed: the public draws only (simulated data split, model "
+                     "initialisation, evaluation), never a privacy mechanism's", lo=0)
     out_dir: str = _opt("fedaug-out", "output folder (global model, site state in simulation)")
     epsilon: float = _opt(10.0, "per-site epsilon budget in simulation (deployed sites set their "
                           "own with node config epsilon-budget)", lo=0.0, lo_open=True)
@@ -209,10 +218,14 @@ class RunConfig(_Settings):
                                   "from the global model is excluded as malformed", lo=0.0,
                                   lo_open=True)
     central_noise_multiplier: float = _opt(0.0, "institution-level DP at the server: noise "
-                                           "multiplier on the clipped, equal-weight mean of site "
-                                           "updates (0 = off)", lo=0.0)
+                                           "multiplier on the sum of clipped site updates, "
+                                           "divided by central-denominator (0 = off; needs "
+                                           "warmup-noise-multiplier = 0 and aggregation = "
+                                           "mean)", lo=0.0)
     central_clip_norm: float = _opt(1.0, "L2 bound of one site's update under central DP",
                                     lo=0.0, lo_open=True)
+    central_denominator: float = _opt(0.0, "central DP's fixed denominator: the expected "
+                                      "number of sites per round (0 = min-sites)", lo=0.0)
     transfer_dtype: str = _opt("float32", "dtype of parameters on the wire; float16 halves the "
                                "traffic", choices=("float32", "float16"))
     keep_checkpoints: int = _opt(3, "per-round copies of the global model kept in "
@@ -244,6 +257,19 @@ class RunConfig(_Settings):
     samples_per_class: int = _opt(10, "samples per class in the grid written after the run",
                                   lo=1, hi=1000)
 
+    def __post_init__(self) -> None:
+        if self.central_noise_multiplier > 0 and self.warmup_noise_multiplier > 0:
+            raise ConfigError(
+                "Central DP protects a site's whole contribution, but the warm start releases "
+                "class sums whose size grows with the site's data: the two do not compose.",
+                value={"central-noise-multiplier": self.central_noise_multiplier,
+                       "warmup-noise-multiplier": self.warmup_noise_multiplier},
+                fix="Set warmup-noise-multiplier = 0 with central DP (or central DP off).")
+        if self.central_noise_multiplier > 0 and self.aggregation != "mean":
+            raise ConfigError("Central DP replaces the aggregation rule; it cannot be combined "
+                              "with a robust one.", value=self.aggregation,
+                              fix="Set aggregation = mean with central DP.")
+
     def train_settings(self) -> TrainSettings:
         """The subset sent to sites each round."""
         mapping = self.to_mapping()
@@ -273,3 +299,59 @@ def settings_help(cls: type[_Settings] = RunConfig) -> str:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         lines.append(f"  {_key(f.name):<20} {f.default!r:<14} {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class NodeConfig(_Settings):
+    """A site's own settings, from its SuperNode's ``--node-config`` (never the server's).
+
+    A deployed site (one with ``data-path``) must state ``data-path``, ``state-dir``,
+    ``epsilon-budget`` and ``delta`` itself; a simulated site (``partition-id`` set by the
+    simulation) takes its budget and delta from the simulation's run config, which the
+    researcher who owns every simulated site sets.
+    """
+
+    data_path: str = _opt("", "the site's training data: a MedMNIST .npz, an image folder, "
+                          "or a DICOM folder (with labels)")
+    labels: str = _opt("", "CSV of labels (file, label) for a DICOM folder")
+    state_dir: str = _opt("", "the site's state folder: privacy ledger, plans, optimizer")
+    site_name: str = _opt("", "the site's name in the model card (default: the state "
+                          "folder's name)")
+    epsilon_budget: float = _opt(0.0, "the site's total epsilon budget over every run",
+                                 lo=0.0, lo_open=True)
+    delta: float = _opt(0.0, "the site's delta, below 1 / (its number of examples)", lo=0.0,
+                        lo_open=True, hi=0.1)
+    spending_registry: str = _opt("", "folder of the second record of what each data set "
+                                  "spent (default ~/.fedaug/spending; keep it outside the "
+                                  "state folder)")
+    secure_noise: bool = _opt(True, "draw every privacy mechanism's randomness from ChaCha20 "
+                              "keyed by the OS entropy pool (false: torch's generator seeded "
+                              "from it)")
+    partition_id: int = _opt(-1, "simulated partition (set by the simulation)", lo=-1)
+    num_partitions: int = _opt(0, "simulated partitions (set by the simulation)", lo=0)
+
+    _FIX: ClassVar[str] = ("Correct the keys above; docs/deploy.md lists every node-config key "
+                           "with its meaning.")
+    #: keys a deployed site must give itself
+    REQUIRED: ClassVar[tuple[str, ...]] = ("data-path", "state-dir", "epsilon-budget", "delta")
+
+    @classmethod
+    def from_node_config(cls, mapping: Mapping[str, Any]) -> NodeConfig:
+        """Parse and check a node config; raise one ConfigError naming every problem."""
+        node = cls.from_mapping(mapping, source="this site's node config")
+        if node.partition_id < 0:
+            missing = [k for k in cls.REQUIRED if k not in mapping]
+            if missing:
+                raise ConfigError(
+                    "This site's node config lacks " + ", ".join(missing) + ": a deployed "
+                    "site states its data, state folder, budget and delta itself.",
+                    value=dict(mapping),
+                    fix="Start the SuperNode with --node-config \"data-path='/data/site.npz' "
+                    "state-dir='/var/lib/fedaug' epsilon-budget=8.0 delta=1e-5\" "
+                    "(docs/deploy.md).")
+        return node
+
+    @property
+    def simulated(self) -> bool:
+        """A site of a simulation (a partition of shared data), not a deployed one."""
+        return self.partition_id >= 0 and not self.data_path

@@ -14,8 +14,7 @@ from fedaug.generator.train import (
     TrainOutcome,
     diffusion_loss,
     per_example_grads,
-    poisson_sample_rate,
-    secure_noise_generator,
+    sample_rate_for,
     train_dp,
     train_nondp,
 )
@@ -35,8 +34,7 @@ __all__ = [
     "TrainOutcome",
     "diffusion_loss",
     "per_example_grads",
-    "poisson_sample_rate",
-    "secure_noise_generator",
+    "sample_rate_for",
     "train_dp",
     "train_nondp",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "GENERATOR_FILE",
     "PREDICTION_TYPES",
     "diffusion_target",
+    "forward_diffuse",
     "scheduler_output",
     "scheduler_prediction_type",
 ]
@@ -138,6 +139,13 @@ def _edm_scales(alpha_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     sd = EDM_SIGMA_DATA
     norm = (1 - a + sd * sd * a).sqrt()
     return sd * sd * a.sqrt() / norm ** 2, sd * (1 - a).sqrt() / norm, norm
+
+
+def forward_diffuse(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: torch.Tensor
+                    ) -> torch.Tensor:
+    """The noisy image ``x_t = sqrt(a) x0 + sqrt(1 - a) noise`` (``a`` broadcastable): the
+    one forward-diffusion formula of training, per-example gradients and evaluation."""
+    return alpha_cumprod.sqrt() * x0 + (1 - alpha_cumprod).sqrt() * noise
 
 
 def diffusion_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor,

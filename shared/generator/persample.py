@@ -35,11 +35,17 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from fedaug.generator.model import diffusion_target
+from fedaug.generator.model import diffusion_target, forward_diffuse
 
-__all__ = ["PerExampleGrads"]
+__all__ = ["PerExampleGrads", "clip_factors"]
 
 _SUPPORTED = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.Embedding)
+
+
+def clip_factors(norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Opacus's per-example clip factor ``min(1, C / (||g|| + 1e-6))``: each clipped gradient
+    has norm at most C, the sensitivity the Gaussian noise is sized for."""
+    return (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
 
 
 class PerExampleGrads:
@@ -155,7 +161,7 @@ class PerExampleGrads:
             b = loss.shape[0]
             flat = [v.reshape(b, -1) for v in g.values()]
             norm = torch.stack([torch.linalg.vector_norm(v, dim=1) for v in flat]).norm(dim=0)
-            factor = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
+            factor = clip_factors(norm, max_grad_norm)
             factor[max(0, real - s):] = 0.0  # padding rows
             for pid, v in zip(g, flat, strict=True):
                 summed[names[pid]] += (factor @ v).view_as(summed[names[pid]])
@@ -170,7 +176,7 @@ class PerExampleGrads:
         eps = noise.transpose(0, 1).reshape(k * b, *noise.shape[2:])
         tr = t.transpose(0, 1).reshape(-1)
         a = alphas[tr].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * rows + (1 - a).sqrt() * eps
+        noisy = forward_diffuse(rows, eps, a)
         self._records = []
         try:
             with torch.enable_grad():

@@ -5,35 +5,64 @@ of that example; :meth:`~fedaug.generator.persample.PerExampleGrads.clipped_sum`
 hooks, one batched backward pass per chunk) clips each *example's* gradient to ``C`` and
 sums them, and :func:`noisy_mean_gradient` adds Gaussian noise and divides by the expected
 batch size: the arithmetic of Opacus's ``DPOptimizer``, which a test holds it to. Batches
-come from Opacus's Poisson ``DPDataLoader``. Sensitivity stays one example whatever ``K``
-is (DP-NOTES trap 2), and no hook-based per-sample gradient runs after an attention block
-(trap 1: our UNet has none). :func:`per_example_grads` (``torch.func.vmap(grad(...))``) is
-the independent reference the tests hold the hooks to.
+come from Opacus's Poisson sampler with masks from the secret noise source. Sensitivity
+stays one example whatever ``K`` is, and no hook-based per-sample gradient runs after an
+attention block (our UNet has none; Opacus's hooks after diffusers' attention are wrong).
+:func:`per_example_grads` (``torch.func.vmap(grad(...))``) is the independent reference
+the tests hold the hooks to.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
-from opacus.data_loader import DPDataLoader
+from opacus.data_loader import wrap_collate_with_empty
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
-from fedaug.generator.model import diffusion_target
-from fedaug.generator.persample import PerExampleGrads
+from fedaug.generator.model import diffusion_target, forward_diffuse
+from fedaug.generator.persample import PerExampleGrads, clip_factors
+from fedaug.privacy.noise import NoiseSource
 
-__all__ = ["TrainOutcome", "poisson_sample_rate", "train_dp", "train_nondp", "diffusion_loss",
-           "per_example_grads", "noisy_mean_gradient", "secure_noise_generator"]
+__all__ = ["TrainOutcome", "GradientCanaries", "sample_rate_for", "SecretPoissonSampler", "poisson_loader",
+           "train_dp", "train_nondp", "diffusion_loss", "per_example_grads",
+           "noisy_mean_gradient"]
 
 #: A batch augmenter: float images (N, C, H, W) in [0, 1] -> same, drawing from the generator.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GradientCanaries:
+    """White-box audit canaries: extra records whose per-example gradient is a fixed
+    direction of norm ``norm`` (well above the clipping norm).
+
+    Each included canary is Poisson-sampled, clipped and noised by the same code as a real
+    record (see :func:`train_dp`); an excluded one is absent. Only the privacy audit makes
+    them.
+
+    Attributes
+    ----------
+    directions : Tensor (m, P)
+        Unit vectors over the trainable parameters, flattened in ``named_parameters`` order.
+    included : Tensor (m,) of bool
+        Which canaries are in the data set.
+    norm : float
+        Each canary's per-example gradient norm before clipping.
+    """
+
+    directions: torch.Tensor
+    included: torch.Tensor
+    norm: float
 
 
 @dataclass(frozen=True)
@@ -48,24 +77,22 @@ class TrainOutcome:
 
 
 def noisy_mean_gradient(summed: list[torch.Tensor], *, noise_multiplier: float,
-                        max_grad_norm: float, expected_batch_size: int,
-                        generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                        max_grad_norm: float, expected_batch_size: float,
+                        noise: NoiseSource) -> list[torch.Tensor]:
     """The Gaussian mechanism on a sum of clipped per-example gradients.
 
     What Opacus's ``DPOptimizer`` does after clipping (``add_noise`` then ``scale_grad``):
     add ``N(0, (sigma * C)^2)`` to every coordinate and divide by the expected batch size,
-    so an empty Poisson batch still gets its noise. One normal draw covers all tensors (Opacus
-    1.6 draws per tensor and re-counts its accumulated iterations once per tensor, which was
-    a third of a DP step on our 105-tensor UNet). A test holds the two to the same result.
+    so an empty Poisson batch still gets its noise. One normal draw from the secret
+    ``noise`` source covers all tensors. A test holds the two to the same result.
     """
     ref = summed[0]
     total = sum(t.numel() for t in summed)
     std = noise_multiplier * max_grad_norm
-    noise = (torch.normal(0.0, std, (total,), device=ref.device, dtype=ref.dtype,
-                          generator=generator) if std > 0 else None)
+    draw = noise.normal(total, std=std, device=ref.device, dtype=ref.dtype) if std > 0 else None
     out, offset = [], 0
     for t in summed:
-        g = t if noise is None else t + noise[offset:offset + t.numel()].view_as(t)
+        g = t if draw is None else t + draw[offset:offset + t.numel()].view_as(t)
         out.append(g / expected_batch_size)
         offset += t.numel()
     return out
@@ -82,21 +109,42 @@ def _adam(params, learning_rate: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=learning_rate, foreach=True)
 
 
-def poisson_sample_rate(num_examples: int, batch_size: int) -> float:
-    """The q Opacus uses for a loader of ``batch_size`` over ``num_examples``: 1/len(loader)."""
-    return 1.0 / math.ceil(num_examples / max(1, min(batch_size, num_examples)))
+def sample_rate_for(num_examples: float, batch_size: int) -> float:
+    """The Poisson rate q giving ``batch_size`` expected examples out of ``num_examples``
+    (the site's released, noisy count: q is then a post-processing of a DP release), at
+    most 1."""
+    return float(min(1.0, batch_size / max(float(num_examples), 1.0)))
 
 
-def secure_noise_generator(device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator seeded from the OS entropy pool, for the DP noise only.
+class SecretPoissonSampler(UniformWithReplacementSampler):
+    """Opacus's Poisson sampler with every batch mask drawn from a secret noise source.
 
-    Data order and augmentation are seeded (replayable); the privacy noise never is, so
-    knowing the run seed does not let anyone subtract the noise. This is not
-    ``secure_mode`` (which needs torchcsprng, not installable here; see README).
+    Each of ``steps`` batches holds every record independently with probability
+    ``sample_rate``; the masks come from :class:`~fedaug.privacy.NoiseSource`, so nobody who
+    knows the run seed can replay them.
     """
-    g = torch.Generator(device=device)
-    g.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
-    return g
+
+    def __init__(self, *, num_samples: int, sample_rate: float, steps: int,
+                 noise: NoiseSource) -> None:
+        super().__init__(num_samples=num_samples, sample_rate=sample_rate, steps=steps)
+        self.noise = noise
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield np.flatnonzero(self.noise.poisson_mask(self.num_samples, self.sample_rate)
+                                 ).tolist()
+
+
+def poisson_loader(images: torch.Tensor, labels: torch.Tensor, *, sample_rate: float,
+                   steps: int, noise: NoiseSource) -> DataLoader:
+    """Opacus's Poisson data loader (its sampler and empty-batch collation) over tensors,
+    with secret batch masks."""
+    sampler = SecretPoissonSampler(num_samples=len(images), sample_rate=sample_rate,
+                                   steps=steps, noise=noise)
+    collate = wrap_collate_with_empty(
+        collate_fn=default_collate,
+        sample_empty_shapes=[(0, *images.shape[1:]), (0,)], dtypes=[images.dtype, labels.dtype])
+    return DataLoader(TensorDataset(images, labels), batch_sampler=sampler, collate_fn=collate)
 
 
 def _alphas(scheduler: DDPMScheduler, device: torch.device) -> torch.Tensor:
@@ -109,7 +157,7 @@ def diffusion_loss(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
     """Mean MSE of a batch of (view, noise, timestep) draws against
     :func:`~fedaug.generator.model.diffusion_target` (the scheduler's ``prediction_type``)."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
-    noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    noisy = forward_diffuse(x0, noise, a)
     pred = unet(noisy, t, class_labels=labels).sample
     return F.mse_loss(pred, diffusion_target(prediction_type, x0, noise, a))
 
@@ -140,7 +188,7 @@ def per_example_grads(unet: UNet2DModel, x0: torch.Tensor, labels: torch.Tensor,
             ne: torch.Tensor, te: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = xe.shape[0]
         a = alphas_cumprod[te].view(k, 1, 1, 1)
-        noisy = a.sqrt() * xe + (1 - a).sqrt() * ne
+        noisy = forward_diffuse(xe, ne, a)
         pred = functional_call(unet, (p, buffers), (noisy, te),
                                {"class_labels": ye.expand(k)}).sample
         target = diffusion_target(prediction_type, xe, ne, a)
@@ -180,23 +228,32 @@ def train_dp(
     noise_multiplier: float,
     max_grad_norm: float,
     learning_rate: float,
+    expected_batch_size: float,
+    noise: NoiseSource,
     noise_multiplicity: int = 1,
     augment: Augment | None = None,
-    seed: int = 0,
     optimizer_state: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
+    observe: Callable[[list[torch.Tensor]], None] | None = None,
+    canaries: GradientCanaries | None = None,
 ) -> TrainOutcome:
-    """Train ``unet`` in place with DP-SGD under Opacus for exactly ``steps`` steps.
+    """Train ``unet`` in place with DP-SGD for exactly ``steps`` Poisson-sampled steps.
 
     Parameters
     ----------
     images : Tensor (N, C, H, W), float in [-1, 1]
     labels : Tensor (N,), int64
     steps : int
-        Optimizer steps (each one Poisson-sampled batch). The caller records
-        ``(noise_multiplier, sample_rate, steps)`` in the site's ledger.
+        Optimizer steps. The caller records ``(noise_multiplier, sample_rate, steps)`` in
+        the site's ledger before anything trained here leaves the site.
     sample_rate : float
-        Poisson sampling rate q (expected batch = q * N).
+        Poisson sampling rate q in (0, 1].
+    expected_batch_size : float
+        What the noisy gradient sum is divided by: q times the site's *released* count, so
+        the update's scale is a post-processing of DP releases, never of the exact size.
+    noise : NoiseSource
+        The secret source of every draw here: batch masks, views, diffusion noise,
+        timesteps and the Gaussian noise.
     noise_multiplicity : int (default: 1)
         K draws averaged inside each example's loss before clipping.
     augment : callable, optional
@@ -204,17 +261,15 @@ def train_dp(
     optimizer_state : dict, optional
         Adam state from the site's previous round (a function of already-noised gradients
         only, so keeping it costs no privacy); the new state is returned in the outcome.
+    observe : callable, optional
+        Called with each step's noisy gradient sum (before the division), e.g. by the
+        white-box privacy audit.
+    canaries : GradientCanaries, optional
+        The privacy audit's gradient canaries, sampled, clipped and noised with the records.
     """
     device = next(unet.parameters()).device
-    n = images.shape[0]
-    batch_size = math.ceil(n * sample_rate)
-    if abs(poisson_sample_rate(n, batch_size) - sample_rate) > 1e-12:
-        raise ValueError(f"sample_rate {sample_rate} is not 1/k for a whole k with {n} examples; "
-                         "use poisson_sample_rate(num_examples, batch_size)")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch_gen_dev = torch.Generator(device=device).manual_seed(seed + 1)
-    dataset = TensorDataset(images, labels)
-    loader = DataLoader(dataset, batch_size=batch_size, generator=gen)
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     optimizer = _adam(unet.parameters(), learning_rate)
     if optimizer_state is not None:
         try:
@@ -223,18 +278,10 @@ def train_dp(
                 group["lr"] = learning_rate
         except (ValueError, KeyError, RuntimeError):
             optimizer = _adam(unet.parameters(), learning_rate)
-    # The data side of PrivacyEngine.make_private(poisson_sampling=True): Opacus's Poisson
-    # loader. Clipping comes from PerExampleGrads.clipped_sum, noise from
-    # noisy_mean_gradient; the site's ledger (not an engine accountant) does the accounting.
-    loader = DPDataLoader.from_data_loader(loader, generator=gen)
-    expected_batch_size = int(n / len(loader))  # as make_private sets it
+    loader = poisson_loader(images, labels, sample_rate=sample_rate, steps=steps, noise=noise)
+    expected = q_n = float(expected_batch_size)
     # Poisson batches vary in size: pad them to a few sizes (see PerExampleGrads.clipped_sum)
-    pad_to = 1 if len(loader) == 1 else 2 ** int(math.log2(max(1, expected_batch_size // 8)))
-    noise_gen = secure_noise_generator(device)
-    # q = 1 / len(loader), as Opacus computes it; the ledger records the same q.
-    actual_q = 1 / len(loader)
-    if abs(actual_q - sample_rate) > 1e-9:
-        raise RuntimeError(f"sample rate drifted: asked {sample_rate}, Opacus uses {actual_q}")
+    pad_to = 1 if sample_rate >= 1 else 2 ** int(math.log2(max(1, int(q_n) // 8)))
     alphas = _alphas(scheduler, device)
     prediction = scheduler.config.prediction_type
     t_max = scheduler.config.num_train_timesteps
@@ -243,37 +290,39 @@ def train_dp(
     unet.train()
     done, seen, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
     try:
-        while done < steps:
-            for xb, yb in loader:
-                if done >= steps:
-                    break
-                xb, yb = xb.to(device), yb.to(device)
-                if xb.shape[0] == 0:  # an empty Poisson batch: a zero sum, noise still added
-                    summed = {k: torch.zeros_like(p) for k, p in named}
-                    batch_loss = float("nan")
-                else:
-                    b, k = xb.shape[0], noise_multiplicity
-                    x0 = _draw_views(xb, k, augment, torch_gen_dev)
-                    noise = torch.randn(x0.shape, generator=torch_gen_dev, device=device)
-                    t = torch.randint(0, t_max, (b, k), generator=torch_gen_dev, device=device)
-                    summed, losses, _ = per_example.clipped_sum(
-                        x0, yb, noise, t, alphas, max_grad_norm=max_grad_norm,
-                        prediction_type=prediction, pad_to=pad_to)
-                    batch_loss = float(losses.mean())
-                    seen += b
-                grads = noisy_mean_gradient([summed[k] for k, _ in named],
-                                            noise_multiplier=noise_multiplier,
-                                            max_grad_norm=max_grad_norm,
-                                            expected_batch_size=expected_batch_size,
-                                            generator=noise_gen)
-                for (_, p), g in zip(named, grads, strict=True):
-                    p.grad = g
-                optimizer.step()
-                done += 1
-                if batch_loss == batch_loss:  # not NaN
-                    loss_sum += batch_loss
-                if progress is not None:
-                    progress(done, batch_loss)
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            if xb.shape[0] == 0:  # an empty Poisson batch: a zero sum, noise still added
+                summed = {k: torch.zeros_like(p) for k, p in named}
+                batch_loss = float("nan")
+            else:
+                draws = noise.generator(device)  # views, diffusion noise, timesteps
+                b, k = xb.shape[0], noise_multiplicity
+                x0 = _draw_views(xb, k, augment, draws)
+                eps = torch.randn(x0.shape, generator=draws, device=device)
+                t = torch.randint(0, t_max, (b, k), generator=draws, device=device)
+                summed, losses, _ = per_example.clipped_sum(
+                    x0, yb, eps, t, alphas, max_grad_norm=max_grad_norm,
+                    prediction_type=prediction, pad_to=pad_to)
+                batch_loss = float(losses.mean())
+                seen += b
+            if canaries is not None:
+                summed = _add_canaries(summed, named, canaries, sample_rate=sample_rate,
+                                       max_grad_norm=max_grad_norm, noise=noise)
+            grads = noisy_mean_gradient([summed[k] for k, _ in named],
+                                        noise_multiplier=noise_multiplier,
+                                        max_grad_norm=max_grad_norm,
+                                        expected_batch_size=expected, noise=noise)
+            if observe is not None:
+                observe([g * expected for g in grads])
+            for (_, p), g in zip(named, grads, strict=True):
+                p.grad = g
+            optimizer.step()
+            done += 1
+            if batch_loss == batch_loss:  # not NaN
+                loss_sum += batch_loss
+            if progress is not None:
+                progress(done, batch_loss)
     finally:  # the hooks never outlive this call
         per_example.close()
         for _, p in named:
@@ -281,6 +330,24 @@ def train_dp(
     return TrainOutcome(steps=done, loss=loss_sum / max(done, 1),
                         seconds=time.perf_counter() - t0, examples_seen=seen,
                         optimizer_state=optimizer.state_dict())
+
+
+def _add_canaries(summed: dict[str, torch.Tensor], named: list, canaries: GradientCanaries, *,
+                  sample_rate: float, max_grad_norm: float, noise: NoiseSource
+                  ) -> dict[str, torch.Tensor]:
+    """Add this step's Poisson-sampled, clipped canary gradients to the clipped sum."""
+    mask = torch.from_numpy(noise.poisson_mask(len(canaries.included), sample_rate))
+    chosen = canaries.directions[mask & canaries.included.cpu()]
+    if not len(chosen):
+        return summed
+    grads = chosen * canaries.norm
+    factor = clip_factors(grads.norm(dim=1), max_grad_norm)
+    flat = (factor @ grads).to(next(iter(summed.values())).device)
+    out, offset = dict(summed), 0
+    for k, p in named:
+        out[k] = summed[k] + flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
 
 
 def train_nondp(

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as _rdp
 
 __all__ = [
@@ -66,7 +65,12 @@ def _rdp_to_dp(rdp: np.ndarray, delta: float) -> float:
     return float(eps)
 
 
-_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
+#: Integer RDP orders only. At integer orders the subsampled Gaussian's RDP has an exact
+#: closed form (Mironov et al. 2019), on which Opacus and Google's dp-accounting agree to
+#: the last digit; at fractional orders the two libraries differ (dp-accounting's bound is
+#: up to 2% higher), so a figure optimised over fractional orders could sit below an
+#: independent accountant's. These are dp-accounting's default integer orders.
+_ORDERS = tuple(float(a) for a in [*range(2, 64), 128, 256, 512])
 
 
 def pure_dp_rdp(epsilon: float, orders: Sequence[float] | None = None) -> np.ndarray:

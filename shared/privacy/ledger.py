@@ -12,6 +12,7 @@ from typing import Any
 from fedaug.atomic import atomic_write_json
 from fedaug.errors import LedgerError
 from fedaug.privacy.accounting import Spend, compose_epsilon
+from fedaug.privacy.registry import SpendingRegistry
 
 __all__ = ["LedgerEntry", "PrivacyLedger", "open_ledger_readonly", "LEDGER_FILE", "HEAD_FILE"]
 
@@ -40,9 +41,17 @@ class LedgerEntry:
     round: int
     time: float
     epsilon: float = 0.0  # pure-DP releases (mechanism "exponential") only
+    #: what was released ("count", "warm-start", "dp-sgd", "policy-choice", "central-update")
+    release: str = ""
+    #: the released value itself where it is one number (the noisy count), else None
+    value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        extra = {"epsilon": self.epsilon} if self.mechanism == "exponential" else {}
+        extra: dict[str, Any] = {"epsilon": self.epsilon} if self.mechanism == "exponential" else {}
+        if self.release:
+            extra["release"] = self.release
+        if self.value is not None:
+            extra["value"] = self.value
         return {**extra,
             "mechanism": self.mechanism,
             "noise-multiplier": self.noise_multiplier,
@@ -66,6 +75,8 @@ class LedgerEntry:
             round=int(d["round"]),
             time=float(d["time"]),
             epsilon=float(d.get("epsilon", 0.0)),
+            release=str(d.get("release", "")),
+            value=None if d.get("value") is None else float(d["value"]),
         )
 
     @property
@@ -94,15 +105,22 @@ class PrivacyLedger:
         The site's name, recorded in the ledger.
     delta : float
         The site's delta; fixed for the life of the ledger.
+    registry : SpendingRegistry, optional
+        The second record of this data set's spending (kept outside the state folder): a
+        ledger behind it is refused, and every append moves it forward.
     """
 
-    def __init__(self, state_dir: str | Path, *, site: str, delta: float) -> None:
+    def __init__(self, state_dir: str | Path, *, site: str, delta: float,
+                 registry: SpendingRegistry | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.site = site
         self.delta = float(delta)
+        self.registry = registry
         self._entries: list[LedgerEntry] = []
         self._hashes: list[str] = []
         self._load()
+        if registry is not None:
+            registry.check(self._hashes, ledger_path=self.path)
 
     # -- reading ------------------------------------------------------------------
     @property
@@ -190,8 +208,9 @@ class PrivacyLedger:
 
     # -- writing ------------------------------------------------------------------
     def append(self, *, mechanism: str, noise_multiplier: float = 0.0, sample_rate: float = 0.0,
-               steps: int = 0, run: str, round: int, epsilon: float = 0.0) -> LedgerEntry:
-        """Record a spending atomically and return it. Call before the update is sent."""
+               steps: int = 0, run: str, round: int, epsilon: float = 0.0, release: str = "",
+               value: float | None = None) -> LedgerEntry:
+        """Record a spending atomically and return it. Call before the release is sent."""
         if mechanism not in MECHANISMS:
             raise LedgerError(f"Unknown privacy mechanism {mechanism!r}.",
                               fix=f"Use one of {MECHANISMS}.")
@@ -205,6 +224,8 @@ class PrivacyLedger:
             round=int(round),
             time=time.time(),
             epsilon=float(epsilon),
+            release=release,
+            value=None if value is None else float(value),
         )
         prev = self._hashes[-1] if self._hashes else _GENESIS
         digest = _digest(prev, entry.to_dict())
@@ -227,6 +248,10 @@ class PrivacyLedger:
         atomic_write_json(self.state_dir / HEAD_FILE, {"count": len(entries), "last-hash": digest})
         self._entries.append(entry)
         self._hashes.append(digest)
+        if self.registry is not None:  # last: a crash before it leaves the record behind,
+            # which the check accepts (the ledger extends the recorded chain)
+            self.registry.record(site=self.site, count=len(self._entries), last_hash=digest,
+                                 epsilon=self.epsilon())
         return entry
 
     def summary(self, *, budget: float | None = None) -> dict[str, Any]:
@@ -245,6 +270,8 @@ class PrivacyLedger:
                     "noise-multiplier": e.noise_multiplier,
                     "sample-rate": e.sample_rate,
                     "steps": e.steps,
+                    "release": e.release,
+                    "value": e.value,
                     "epsilon": _prefix_epsilon(self._entries[: i + 1], self.delta),
                 }
                 for i, e in enumerate(self._entries)

@@ -16,7 +16,7 @@ from fedaug.generator import (
     build_unet,
     diffusion_loss,
     per_example_grads,
-    poisson_sample_rate,
+    sample_rate_for,
     sample_images,
     save_generator,
     to_uint8,
@@ -28,6 +28,7 @@ from fedaug.generator.generate import generate_to_folder
 from fedaug.generator.model import diffusion_target, scheduler_output, scheduler_prediction_type
 from fedaug.generator.persample import PerExampleGrads
 from fedaug.generator.train import noisy_mean_gradient
+from fedaug.privacy import NoiseSource
 
 CFG = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16))
 
@@ -169,7 +170,8 @@ def test_clipped_sum_and_noise_match_opacus_dpoptimizer(pad_to):
     hooks.close()
     parts = [summed[n] for n in names]
     clean = torch.cat([g.flatten() for g in noisy_mean_gradient(
-        parts, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=6)])
+        parts, noise_multiplier=0.0, max_grad_norm=clip, expected_batch_size=6,
+        noise=NoiseSource.for_tests(0))])
     # Assert: without noise, the same clipped mean; one norm and one loss per real example
     torch.testing.assert_close(clean, expected, atol=1e-7, rtol=1e-4)
     torch.testing.assert_close(our_norms, norms, atol=1e-6, rtol=1e-4)
@@ -178,7 +180,7 @@ def test_clipped_sum_and_noise_match_opacus_dpoptimizer(pad_to):
     sigma = 2.0
     noisy = torch.cat([g.flatten() for g in noisy_mean_gradient(
         parts, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=6,
-        generator=torch.Generator().manual_seed(0))])
+        noise=NoiseSource())])
     residual = noisy - clean
     assert float(residual.std()) == pytest.approx(sigma * clip / 6, rel=0.03)
     assert abs(float(residual.mean())) < 0.03 * sigma * clip / 6
@@ -211,9 +213,10 @@ def test_train_dp_changes_weights_and_counts_steps():
     before = [p.detach().clone() for p in unet.parameters()]
     images = torch.rand(40, 1, 8, 8) * 2 - 1
     labels = torch.randint(0, 3, (40,))
-    q = poisson_sample_rate(40, 10)
+    q = sample_rate_for(40, 10)
     out = train_dp(unet, sched, images, labels, steps=2, sample_rate=q, noise_multiplier=1.0,
-                   max_grad_norm=1.0, learning_rate=1e-3, noise_multiplicity=2)
+                   max_grad_norm=1.0, learning_rate=1e-3, noise_multiplicity=2,
+                   expected_batch_size=q * 40, noise=NoiseSource())
     assert out.steps == 2
     assert np.isfinite(out.loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))

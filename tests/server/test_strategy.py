@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedaug.augment import Policy
-from fedaug.augment.search import candidate_policies
+from fedaug.augment.candidates import candidate_policies
 from fedaug.server.strategy import combine_policies
 
 

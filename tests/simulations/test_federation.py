@@ -43,9 +43,10 @@ def test_two_sites_one_round_end_to_end(tmp_path):
         assert site["delta"] == run.delta
         ledger = PrivacyLedger(out / "sites" / site["site"], site=site["site"], delta=run.delta)
         assert site["epsilon"] == pytest.approx(ledger.epsilon())
-        # the warm-up release (round 0) is recorded before the DP-SGD round
-        assert [(e.mechanism, e.round) for e in ledger.entries] == [("gaussian", 0),
-                                                                   ("dp-sgd", 1)]
+        # the warm-up release (round 0), then the run's count, then the DP-SGD round: each
+        # recorded before it left
+        assert [(e.release, e.round) for e in ledger.entries] == [
+            ("warm-start", 0), ("count", 1), ("dp-sgd", 1)]
     assert (out / "sample_grid.png").stat().st_size > 0
     audit = card["privacy-audit"]
     assert 0.0 <= audit["memorization-rate"] <= 1.0
@@ -127,17 +128,18 @@ def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
     assert len(card["sites"]) == 2
     for site in card["sites"]:
         assert 0 < site["epsilon"] <= 1.0
-        assert site["status"] == "budget-exhausted"
+    # the sites' noisy counts differ, so their rates and their last rounds may too
+    assert "budget-exhausted" in {site["status"] for site in card["sites"]}
 
 
 def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
-    # Prepare: one run of 1 round
+    # Prepare: one run of 1 round that spends a budget of 5
     run = _run(tmp_path)
-    simulate(run, num_sites=2, progress=False, audit=False)
+    simulate(run.replace(epsilon=5.0), num_sites=2, progress=False, audit=False)
     state = tmp_path / "out" / "sites" / "site-0"
     first = PrivacyLedger(state, site="site-0", delta=run.delta)
     eps1 = first.epsilon()
-    # Execute: the site "restarts" in a new run with the same state folder
+    # Execute: the site "restarts" in a new run with the same state folder, a budget of 10
     simulate(run, num_sites=2, progress=False, audit=False)
     # Assert: the history grew and epsilon is composed over both runs, within budget
     again = PrivacyLedger(state, site="site-0", delta=run.delta)
@@ -211,7 +213,7 @@ def test_float16_transfer_halves_bytes_and_keeps_a_float32_global(tmp_path):
 
 def test_institution_level_dp_clips_noises_and_accounts_at_the_server(tmp_path):
     run = _run(tmp_path, **{"central-noise-multiplier": 1.0, "central-clip-norm": 0.5,
-                            "num-server-rounds": 2})
+                            "num-server-rounds": 2, "warmup-noise-multiplier": 0.0})
     simulate(run, num_sites=2, progress=False, audit=False)
     card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
     inst = card["institution-level-dp"]

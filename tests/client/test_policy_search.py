@@ -1,4 +1,4 @@
-"""Tests of the private policy search: candidates, scores, exponential mechanism, vote, RDP."""
+"""Tests of the private policy search: candidates, scores, the exponential mechanism."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedaug.augment import OPS, CropResize, GaussianNoise, Policy, Rotate, Sampling
-from fedaug.augment.search import (
-    candidate_labels,
-    candidate_policies,
-    combine_choices,
-    private_choice,
-    pure_dp_rdp,
-    score_candidates,
-    search_site_policy,
-    selection_probabilities,
-)
+from fedaug.augment.candidates import candidate_labels, candidate_policies
+from fedaug.client.policy_search import score_candidates, search_site_policy
 from fedaug.data import load_digits_builtin
 from fedaug.errors import ConfigError, DataError, PolicyError
+from fedaug.privacy import NoiseSource
+from fedaug.privacy.accounting import pure_dp_rdp
+from fedaug.privacy.choice import private_choice, selection_probabilities
 
 IMAGE_OPS = [tag for tag, cls in OPS.items() if cls.modality == "image"]
 
@@ -174,10 +169,10 @@ def test_score_candidates_refuses_bad_input(site):
 def test_huge_epsilon_always_picks_the_argmax():
     # Prepare
     scores = np.array([0.61, 0.83, 0.82, 0.40])
-    rng = np.random.default_rng(0)
+    noise = NoiseSource.for_tests(0)
 
     # Execute
-    picks = {private_choice(scores, epsilon=1e6, rng=rng) for _ in range(300)}
+    picks = {private_choice(scores, epsilon=1e6, noise=noise) for _ in range(300)}
 
     # Assert
     assert picks == {1}
@@ -186,11 +181,11 @@ def test_huge_epsilon_always_picks_the_argmax():
 def test_tiny_epsilon_is_near_uniform():
     # Prepare
     scores = np.array([0.0, 1.0, 0.5, 0.9, 0.2, 0.7])
-    rng = np.random.default_rng(1)
+    noise = NoiseSource.for_tests(1)
     n = 12000
 
     # Execute
-    counts = np.bincount([private_choice(scores, epsilon=1e-6, rng=rng) for _ in range(n)],
+    counts = np.bincount([private_choice(scores, epsilon=1e-6, noise=noise) for _ in range(n)],
                          minlength=6)
 
     # Assert: each count within 5 standard deviations of n/6
@@ -203,12 +198,12 @@ def test_tiny_epsilon_is_near_uniform():
 def test_empirical_selection_matches_the_closed_form(eps, sens):
     # Prepare
     scores = np.array([0.1, 0.5, 0.9, 0.3])
-    rng = np.random.default_rng(2)
+    noise = NoiseSource.for_tests(2)
     n = 20000
     expected = _softmax(scores, eps, sens)
 
     # Execute
-    picks = [private_choice(scores, epsilon=eps, sensitivity=sens, rng=rng) for _ in range(n)]
+    picks = [private_choice(scores, epsilon=eps, sensitivity=sens, noise=noise) for _ in range(n)]
     empirical = np.bincount(picks, minlength=4) / n
 
     # Assert: within 5 standard deviations, and the helper agrees with the formula
@@ -235,50 +230,18 @@ def test_neighbouring_scores_change_no_probability_by_more_than_e_to_the_epsilon
 
 
 def test_private_choice_refuses_bad_input():
-    rng = np.random.default_rng(0)
+    noise = NoiseSource.for_tests(0)
     with pytest.raises(ConfigError, match="epsilon must be a finite number >= 0"):
-        private_choice(np.ones(3), epsilon=-1.0, rng=rng)
+        private_choice(np.ones(3), epsilon=-1.0, noise=noise)
     with pytest.raises(ConfigError, match="sensitivity must be a finite number > 0"):
-        private_choice(np.ones(3), epsilon=1.0, sensitivity=0.0, rng=rng)
+        private_choice(np.ones(3), epsilon=1.0, sensitivity=0.0, noise=noise)
     with pytest.raises(ConfigError, match="scores must be a non-empty 1-D array"):
-        private_choice(np.array([0.5, np.nan]), epsilon=1.0, rng=rng)
-    with pytest.raises(ConfigError, match="rng must be a numpy Generator"):
-        private_choice(np.ones(3), epsilon=1.0, rng=0)
+        private_choice(np.array([0.5, np.nan]), epsilon=1.0, noise=noise)
+    with pytest.raises(ConfigError, match="noise must be a NoiseSource"):
+        private_choice(np.ones(3), epsilon=1.0, noise=0)
 
 
-# ------------------------------------------------------------------------------- server
-
-
-@pytest.mark.parametrize(
-    ("choices", "weights", "expected"),
-    [
-        ([0, 2, 2], [5, 3, 3], 2),  # 6 beats 5
-        ([0, 2, 2], [7, 3, 3], 0),
-        ([1, 0], [1.0, 1.0], 0),  # tie: lowest index
-        ([3, 1], [0, 10], 1),  # a zero-weight site does not count
-        ([4], [1], 4),
-    ],
-)
-def test_combine_choices_known_answers(choices, weights, expected):
-    assert combine_choices(choices, weights, 5) == expected
-
-
-@pytest.mark.parametrize(
-    ("choices", "weights", "match"),
-    [
-        ([5], [1], r"every choice must be an integer in \[0, 5\)"),
-        ([True], [1], "every choice must be an integer"),
-        ([0, 1], [1], "need one weight per choice"),
-        ([0, 1], [0, 0], "weights must not all be zero"),
-        ([0], [float("nan")], "every weight must be a finite number >= 0"),
-    ],
-)
-def test_combine_choices_refuses_bad_votes(choices, weights, match):
-    with pytest.raises(ConfigError, match=match):
-        combine_choices(choices, weights, 5)
-
-
-# ------------------------------------------------------------------------------ privacy
+# ------------------------------------------------------------------------------- privacy
 
 
 def test_pure_dp_rdp_known_answers():
@@ -289,22 +252,11 @@ def test_pure_dp_rdp_known_answers():
 
 @pytest.mark.parametrize("eps", [0.01, 0.3, 1.0, 5.0])
 def test_pure_dp_rdp_never_exceeds_epsilon_and_matches_the_ledger_math(eps):
-    from fedaug.privacy.accounting import pure_dp_rdp as ledger_pure_dp_rdp
 
     orders = RDPAccountant.DEFAULT_ALPHAS
     curve = pure_dp_rdp(eps, orders)
     assert np.all(curve <= eps)
-    np.testing.assert_allclose(curve, ledger_pure_dp_rdp(eps))
-
-
-def test_pure_dp_rdp_refuses_bad_orders():
-    with pytest.raises(ConfigError, match="orders must be a non-empty list of finite numbers > 1"):
-        pure_dp_rdp(1.0, [1.0, 2.0])
-    with pytest.raises(ConfigError, match="epsilon must be a finite number >= 0"):
-        pure_dp_rdp(float("inf"), [2.0])
-
-
-# ---------------------------------------------------------------------------- site step
+    np.testing.assert_allclose(curve, np.minimum(eps, np.asarray(orders) * eps**2 / 2))
 
 
 def test_site_step_candidates_ignore_the_data_and_huge_epsilon_returns_the_best(site):
@@ -315,8 +267,9 @@ def test_site_step_candidates_ignore_the_data_and_huge_epsilon_returns_the_best(
 
     # Execute
     i_a, cands_a = search_site_policy(images[:150], labels[:150], base, epsilon=1e6,
-                                      rng=np.random.default_rng(0), **kwargs)
-    i_b, cands_b = search_site_policy(images[150:], labels[150:], base, epsilon=1.0, **kwargs)
+                                      noise=NoiseSource.for_tests(0), **kwargs)
+    i_b, cands_b = search_site_policy(images[150:], labels[150:], base, epsilon=1.0,
+                                      noise=NoiseSource(), **kwargs)
     scores_a = score_candidates(images[:150], labels[:150], cands_a, num_classes=10, seed=4,
                                 epochs=1)
 
@@ -330,4 +283,4 @@ def test_site_step_refuses_a_bad_epsilon_before_training(site):
     images, labels = site
     with pytest.raises(ConfigError, match="epsilon must be a finite number >= 0"):
         search_site_policy(images, labels, Policy.default("image"), num_classes=10,
-                           epsilon=float("nan"), seed=0)
+                           epsilon=float("nan"), seed=0, noise=NoiseSource())
