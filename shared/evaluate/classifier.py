@@ -227,6 +227,7 @@ def train_classifier(
     augment: Callable[[np.ndarray], np.ndarray] | None = None,
     init: Classifier | None = None,
     class_weight: str | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> Classifier:
     """Train the small CNN with Adam and cross-entropy; fully determined by ``seed``.
 
@@ -242,7 +243,7 @@ def train_classifier(
     num_classes : int
         Number of classes K (>= 2).
     epochs : int, default 8
-        Passes over the data (4,708 28x28 images take about 15 s on one CPU core).
+        Passes over the data.
     batch_size : int, default 64
         Mini-batch size.
     lr : float, default 2e-3
@@ -262,6 +263,8 @@ def train_classifier(
         ``"balanced"`` weights each class's loss by ``N / (K * N_c)`` (as scikit-learn's
         ``class_weight="balanced"``), so a class with few records is not drowned by the
         others.
+    progress : callable, optional
+        Called as ``progress(1)`` after each epoch, e.g. a tqdm bar's ``update``.
 
     Returns
     -------
@@ -337,6 +340,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
+        if progress is not None:
+            progress(1)
     module.eval()
     return clf
 

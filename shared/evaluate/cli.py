@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.errors import DataError
 
-__all__ = ["register_evaluate", "register_audit"]
+__all__ = ["QUICK", "register_evaluate", "register_audit"]
+
+#: ``fedaug evaluate --quick``: settings of ``evaluate_generator`` for a fast, rough run.
+QUICK = {"epochs": 2, "small_site_seeds": 1, "small_site_epochs": 10}
 
 
 def register_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +26,9 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
         "training split (TRTR); the gain for a small site (mean of 3 seeds, class-balanced "
         "loss) from augmentation and from pretraining on the synthetic samples before "
         "fine-tuning on its records; Frechet distance and precision/recall in the real-data "
-        "CNN's feature space; the privacy audit. Writes report.json and report.png into --out.")
+        "CNN's feature space; the privacy audit. Writes report.json and report.png into --out. "
+        "On a terminal, a progress bar per stage: sampling, TSTR classifier, TRTR classifier, "
+        "small-site seeds, fidelity, privacy audit.")
     ev.add_argument("--model", required=True, help="global model folder")
     ev.add_argument("--real", required=True,
                     help="real data with train and test splits: 'digits', a MedMNIST .npz, or a "
@@ -34,6 +40,11 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     help=f"DDIM steps ({DEFAULT_SAMPLE_STEPS})")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="folder for report.json and report.png")
+    ev.add_argument("--quick", action="store_true",
+                    help=f"a fast, rough check: classifier epochs {QUICK['epochs']}, "
+                    f"{QUICK['small_site_seeds']} small-site seed, small-site epochs "
+                    f"{QUICK['small_site_epochs']}; other settings as given. Its figures are "
+                    "noisier and usually lower than a full run's: compare like with like")
     ev.set_defaults(func=_cmd_evaluate)
 
 
@@ -73,7 +84,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     small = small_site_subset(train, args.small_site_size, seed=args.seed)
     report = evaluate_generator(args.model, train, test, num_samples=args.num_samples,
                                 small_site=small, seed=args.seed, steps=args.steps,
-                                out_dir=args.out)
+                                out_dir=args.out, progress=sys.stderr.isatty(),
+                                **(QUICK if args.quick else {}))
     u, f = report["utility"], report["fidelity"]
     print(f"TSTR accuracy {u['tstr']['accuracy']:.3f} (AUC {u['tstr']['roc-auc']:.3f}) vs TRTR "
           f"{u['trtr']['accuracy']:.3f} (AUC {u['trtr']['roc-auc']:.3f}); TSTR with "

@@ -4,7 +4,7 @@ and plain pixel statistics (brightness, contrast, fine detail) per class."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -210,6 +210,7 @@ def fidelity_report(
     fake_labels: np.ndarray,
     *,
     k: int = 3,
+    progress: Callable[[int], object] | None = None,
 ) -> dict:
     """Frechet distance, precision and recall overall and per class.
 
@@ -225,6 +226,9 @@ def fidelity_report(
         int labels (N,), aligned with the images.
     k : int, default 3
         Neighbourhood size for precision / recall.
+    progress : callable, optional
+        Called as ``progress(1)`` after each class and after the overall scores (one
+        more call than there are classes in either set), e.g. a tqdm bar's ``update``.
 
     Returns
     -------
@@ -266,9 +270,14 @@ def fidelity_report(
                   for name, imgs, lab in (("real", real_images, real_labels),
                                           ("synthetic", fake_images, fake_labels))}
         per_class[int(c)] = {**scores, "num-real": len(r), "num-fake": len(f), "pixels": pixels}
+        if progress is not None:
+            progress(1)
     real_detail = pixel_statistics(real_images)["detail"]
+    overall = _scores(real, fake, k)
+    if progress is not None:
+        progress(1)
     return {
-        **_scores(real, fake, k),
+        **overall,
         "detail-ratio": (pixel_statistics(fake_images)["detail"] / real_detail
                          if real_detail > 0 else float("nan")),
         "per-class": per_class,

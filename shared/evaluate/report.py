@@ -23,7 +23,19 @@ from fedaug.evaluate.privacy_audit import loss_threshold_attack, memorization_re
 from fedaug.generator import load_generator, make_grid, sample_images, to_uint8
 from fedaug.generator.model import diffusion_target
 
-__all__ = ["diffusion_loss_fn", "privacy_audit", "evaluate_generator", "small_site_subset"]
+__all__ = ["STAGES", "diffusion_loss_fn", "privacy_audit", "evaluate_generator",
+           "small_site_subset"]
+
+#: The stages of :func:`evaluate_generator`, in order; each gets a progress bar when asked.
+STAGES = ("sampling", "TSTR classifier", "TRTR classifier", "small-site seeds", "fidelity",
+          "privacy audit")
+
+
+def _bar(desc: str, total: int, enabled: bool, unit: str) -> Any:
+    """A tqdm bar on stderr for one stage, or a silent stand-in when not ``enabled``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 0
@@ -56,36 +68,42 @@ def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 
     return loss
 
 
-def _sample(model_dir: str | Path, num_classes: int, per_class: int, *, steps: int, seed: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _sample(model_dir: str | Path, num_classes: int, per_class: int, *, steps: int, seed: int,
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     unet, scheduler, _ = load_generator(model_dir)
     labels = np.repeat(np.arange(num_classes), per_class)
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
-                                    seed=seed, progress=len(labels) > 512))
+                                    seed=seed, progress=progress))
     return images, labels.astype(np.int64)
 
 
 def privacy_audit(model_dir: str | Path, train: ImageDataset, holdout: ImageDataset, *,
                   num_samples: int = 500, steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0,
-                  synthetic: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                  synthetic: tuple[np.ndarray, np.ndarray] | None = None,
+                  progress: bool = False) -> dict[str, Any]:
     """Memorization (distance to closest record, train vs holdout) and a membership-
     inference attack (loss threshold on the diffusion loss) against the global generator.
 
     ``train`` should be the records the generator was trained on (all sites' training
-    data), ``holdout`` real records it never saw.
+    data), ``holdout`` real records it never saw. ``progress`` shows a bar of the two
+    parts on stderr (and the sampling bar when samples are drawn here).
     """
     unet, scheduler, config = load_generator(model_dir)
     if synthetic is None:
         per_class = max(1, num_samples // config.num_classes)
-        synthetic = _sample(model_dir, config.num_classes, per_class, steps=steps, seed=seed)
-    mem = memorization_report(synthetic[0], train.images, holdout.images, seed=seed)
-    n = min(len(train), len(holdout), 1000)
-    rng = np.random.default_rng(seed)
-    mi = rng.choice(len(train), n, replace=False)
-    ni = rng.choice(len(holdout), n, replace=False)
-    attack = loss_threshold_attack(diffusion_loss_fn(unet, scheduler, seed=seed),
-                                   (train.images[mi], train.labels[mi]),
-                                   (holdout.images[ni], holdout.labels[ni]))
+        synthetic = _sample(model_dir, config.num_classes, per_class, steps=steps, seed=seed,
+                            progress=progress)
+    with _bar("privacy audit", 2, progress, "part") as bar:
+        mem = memorization_report(synthetic[0], train.images, holdout.images, seed=seed)
+        bar.update(1)
+        n = min(len(train), len(holdout), 1000)
+        rng = np.random.default_rng(seed)
+        mi = rng.choice(len(train), n, replace=False)
+        ni = rng.choice(len(holdout), n, replace=False)
+        attack = loss_threshold_attack(diffusion_loss_fn(unet, scheduler, seed=seed),
+                                       (train.images[mi], train.labels[mi]),
+                                       (holdout.images[ni], holdout.labels[ni]))
+        bar.update(1)
     return {
         "memorization-rate": mem["memorization-rate"],
         "dcr-train-median": mem["dcr-train-median"],
@@ -118,7 +136,8 @@ def small_site_subset(data: ImageDataset, size: int, *, seed: int = 0) -> ImageD
 SMALL_SITE_EPOCHS, SMALL_SITE_BATCH = 30, 16
 #: Fine-tuning the synthetic-pretrained classifier on the site's records.
 FINETUNE_LR = 5e-4
-#: Classifier seeds averaged per small-site figure (44 records give +-5 point swings).
+#: Classifier seeds averaged per small-site figure (a few dozen records swing a single
+#: seed's accuracy by several points).
 SMALL_SITE_SEEDS = 3
 #: Loss weighting of every small-site classifier (see train_classifier). Small sites are
 #: often almost one class (3 normal and 192 pneumonia films in one benchmark partition);
@@ -129,24 +148,26 @@ SMALL_SITE_CLASS_WEIGHT: str | None = "balanced"
 
 def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndarray,
                     syn_y: np.ndarray, *, pretrained: Classifier | None = None,
-                    policy: Policy | None = None,
-                    seed: int = 0, epochs: int = 8) -> dict[str, Any]:
+                    policy: Policy | None = None, seed: int = 0, epochs: int = 8,
+                    seeds: int = SMALL_SITE_SEEDS, site_epochs: int = SMALL_SITE_EPOCHS,
+                    progress: Callable[[int], object] | None = None) -> dict[str, Any]:
     """What the federation's synthetic data is worth to one small site.
 
-    Three classifiers, each the mean of :data:`SMALL_SITE_SEEDS` seeds, all with the same
-    training budget and loss weighting (:data:`SMALL_SITE_CLASS_WEIGHT`) on the site's
-    records: ``local`` (its records only), ``local+augment`` (with the sample-level
-    ``policy``) and ``local+augment+synthetic`` (pretrained on the synthetic samples, then
-    fine-tuned on its records with the policy: how a site uses a synthetic set far larger
-    and cleaner than its own data). ``pretrained`` is reused for
-    the first seed (the TSTR classifier); others are pretrained with their own seed.
+    Three classifiers, each the mean of ``seeds`` seeds (:data:`SMALL_SITE_SEEDS`), all
+    with the same training budget (``site_epochs``) and loss weighting
+    (:data:`SMALL_SITE_CLASS_WEIGHT`) on the site's records: ``local`` (its records only),
+    ``local+augment`` (with the sample-level ``policy``) and ``local+augment+synthetic``
+    (pretrained on the synthetic samples for ``epochs``, then fine-tuned on its records
+    with the policy: how a site uses a synthetic set far larger and cleaner than its own
+    data). ``pretrained`` is reused for the first seed (the TSTR classifier); others are
+    pretrained with their own seed. ``progress(1)`` is called after each seed.
     """
     policy = policy or Policy.default("image")
     k = test.num_classes
     runs: dict[str, list[dict]] = {"local": [], "local+augment": [],
                                    "local+augment+synthetic": []}
-    for s in range(seed, seed + SMALL_SITE_SEEDS):
-        kw = {"num_classes": k, "seed": s, "epochs": SMALL_SITE_EPOCHS,
+    for s in range(seed, seed + seeds):
+        kw = {"num_classes": k, "seed": s, "epochs": site_epochs,
               "batch_size": SMALL_SITE_BATCH, "class_weight": SMALL_SITE_CLASS_WEIGHT}
         pre = pretrained if (s == seed and pretrained is not None) else train_classifier(
             syn_x, syn_y, num_classes=k, seed=s, epochs=epochs)
@@ -160,10 +181,12 @@ def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndar
         }
         for name, clf in clfs.items():
             runs[name].append(classification_report(clf, test.images, test.labels))
+        if progress is not None:
+            progress(1)
     accs = {name: _mean_report(rs) for name, rs in runs.items()}
     return {
         "small-site-size": int(len(small_site)),
-        "seeds": SMALL_SITE_SEEDS,
+        "seeds": seeds,
         **accs,
         "gain-augment": accs["local+augment"]["accuracy"] - accs["local"]["accuracy"],
         "gain-synthetic": accs["local+augment+synthetic"]["accuracy"] - accs["local"]["accuracy"],
@@ -192,41 +215,57 @@ def _mean_report(reports: list[dict]) -> dict[str, Any]:
 def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDataset, *,
                        num_samples: int = 1000, small_site: ImageDataset | None = None,
                        policy: Policy | None = None, steps: int = DEFAULT_SAMPLE_STEPS, seed: int = 0,
-                       epochs: int = 8, out_dir: str | Path | None = None,
-                       audit: bool = True) -> dict[str, Any]:
+                       epochs: int = 8, small_site_seeds: int = SMALL_SITE_SEEDS,
+                       small_site_epochs: int = SMALL_SITE_EPOCHS,
+                       out_dir: str | Path | None = None, audit: bool = True,
+                       progress: bool = False) -> dict[str, Any]:
     """The full report: utility (TSTR, TSTR with the sample-level ``policy`` applied to the
     synthetic training set, and TRTR), augmentation gain for a small site,
     fidelity in a real-data classifier's feature space, and the privacy audit.
 
-    Writes ``report.json`` and ``report.png`` into ``out_dir`` when given.
+    ``epochs`` trains the TSTR and TRTR classifiers (and pretrains the small site's);
+    ``small_site_seeds`` and ``small_site_epochs`` set the small-site figures (see
+    :func:`small_site_gain`). ``progress`` shows one tqdm bar per stage (:data:`STAGES`)
+    on stderr. The settings are recorded in the report. Writes ``report.json`` and
+    ``report.png`` into ``out_dir`` when given.
     """
     t0 = time.perf_counter()
     _, _, config = load_generator(model_dir)
     k = config.num_classes
     per_class = max(1, num_samples // k)
-    syn_x, syn_y = _sample(model_dir, k, per_class, steps=steps, seed=seed)
+    syn_x, syn_y = _sample(model_dir, k, per_class, steps=steps, seed=seed, progress=progress)
     kw = {"num_classes": k, "seed": seed, "epochs": epochs}
-    real_clf = train_classifier(train.images, train.labels, **kw)
-    syn_clf = train_classifier(syn_x, syn_y, **kw)
-    syn_aug_clf = train_classifier(syn_x, syn_y, augment=_augmenter(
-        policy or Policy.default("image"), seed), **kw)
+    with _bar("TSTR classifier", 2 * epochs, progress, "epoch") as bar:
+        syn_clf = train_classifier(syn_x, syn_y, progress=bar.update, **kw)
+        syn_aug_clf = train_classifier(syn_x, syn_y, augment=_augmenter(
+            policy or Policy.default("image"), seed), progress=bar.update, **kw)
+    with _bar("TRTR classifier", epochs, progress, "epoch") as bar:
+        real_clf = train_classifier(train.images, train.labels, progress=bar.update, **kw)
     report: dict[str, Any] = {
         "model": str(model_dir),
         "num-synthetic": int(len(syn_x)),
+        "settings": {"num-samples": num_samples, "steps": steps, "seed": seed,
+                     "epochs": epochs, "small-site-seeds": small_site_seeds,
+                     "small-site-epochs": small_site_epochs},
         "utility": {
             "tstr": classification_report(syn_clf, test.images, test.labels),
             "tstr+augment": classification_report(syn_aug_clf, test.images, test.labels),
             "trtr": classification_report(real_clf, test.images, test.labels),
         },
-        "fidelity": fidelity_report(real_clf, test.images, test.labels, syn_x, syn_y),
     }
     if small_site is not None:
-        report["augmentation-gain"] = small_site_gain(small_site, test, syn_x, syn_y,
-                                                      pretrained=syn_clf, policy=policy,
-                                                      seed=seed, epochs=epochs)
+        with _bar("small-site seeds", small_site_seeds, progress, "seed") as bar:
+            report["augmentation-gain"] = small_site_gain(
+                small_site, test, syn_x, syn_y, pretrained=syn_clf, policy=policy, seed=seed,
+                epochs=epochs, seeds=small_site_seeds, site_epochs=small_site_epochs,
+                progress=bar.update)
+    classes = len(np.union1d(test.labels, syn_y))
+    with _bar("fidelity", classes + 1, progress, "class") as bar:
+        report["fidelity"] = fidelity_report(real_clf, test.images, test.labels, syn_x, syn_y,
+                                             progress=bar.update)
     if audit:
         report["privacy-audit"] = privacy_audit(model_dir, train, test, seed=seed,
-                                                synthetic=(syn_x, syn_y))
+                                                synthetic=(syn_x, syn_y), progress=progress)
     card = Path(model_dir) / "model_card.json"
     if card.is_file():
         report["model-card-sites"] = json.loads(card.read_text(encoding="utf-8")).get("sites")

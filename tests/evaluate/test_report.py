@@ -53,3 +53,47 @@ def test_audit_command_writes_into_the_model_card(tmp_path, capsys):
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card["rounds"] == 1 and "memorization-rate" in card["privacy-audit"]
     assert "membership-inference-auc" in capsys.readouterr().out
+
+
+def _quick_evaluate(tmp_path) -> int:
+    return main(["evaluate", "--model", str(tmp_path / "m"), "--real", "digits", "--num-samples",
+                 "50", "--steps", "2", "--small-site-size", "40", "--quick",
+                 "--out", str(tmp_path / "r")])
+
+
+def test_quick_evaluate_runs_end_to_end_with_one_seed_and_few_epochs(tmp_path, capsys):
+    # Prepare
+    _tiny_model(tmp_path / "m")
+
+    # Execute: stderr is captured, not a terminal
+    rc = _quick_evaluate(tmp_path)
+
+    # Assert: the quick settings were used and recorded; no progress bars
+    out, err = capsys.readouterr()
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rc == 0 and "TSTR accuracy" in out and "mean of 1 seeds" in out
+    assert report["settings"] == {"num-samples": 50, "steps": 2, "seed": 0, "epochs": 2,
+                                  "small-site-seeds": 1, "small-site-epochs": 10}
+    gain = report["augmentation-gain"]
+    assert gain["seeds"] == 1 and len(gain["local"]["accuracy-per-seed"]) == 1
+    assert "privacy-audit" in report and (tmp_path / "r" / "report.png").is_file()
+    assert "TSTR classifier" not in err
+
+
+def test_evaluate_shows_a_progress_bar_per_stage_on_a_terminal(tmp_path, capsys, monkeypatch):
+    # Prepare: stderr claims to be a terminal
+    import sys
+
+    from fedaug.evaluate.report import STAGES
+
+    _tiny_model(tmp_path / "m")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+
+    # Execute
+    rc = _quick_evaluate(tmp_path)
+
+    # Assert: every stage's bar ran to its end (sampling's own bar waits a second to show)
+    err = capsys.readouterr().err
+    assert rc == 0
+    for stage in STAGES[1:]:
+        assert f"{stage}: 100%" in err
