@@ -5,7 +5,8 @@ example-weighted average of every op) when they can be merged, and otherwise tak
 example-weighted vote: the policy with the most examples behind it. Policies cannot be
 merged when their sampling kinds differ, as after a private policy search where one site
 chose a RandAugment candidate and another a plain one (averaging a sampled policy with an
-unsampled one would describe neither), or when their border modes differ.
+unsampled one would describe neither), or when the policies that warp images (those with
+a geometric op) differ in border mode; the border of a policy without one changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from fedaug.errors import PolicyError
 
 from .ops import OPS
-from .policy import MAX_MAGNITUDE, Policy, Sampling
+from .policy import DEFAULT_BORDER, MAX_MAGNITUDE, Policy, Sampling
 from .schema import P, is_number, show
 
 __all__ = ["MIN_MERGED_P", "aggregate_policies", "merge_policies"]
@@ -60,10 +61,15 @@ def _conflicts(policies: list[Policy]) -> list[str]:
     kinds = sorted({p.sampling.kind if p.sampling else "null" for p in policies})
     if len(kinds) > 1:
         problems.append(f"policies: mixed sampling kinds {kinds} (sites must share one sampling kind)")
-    borders = sorted({p.border for p in policies})
+    borders = sorted(_warped_borders(policies))
     if len(borders) > 1:
         problems.append(f"policies: mixed border modes {borders} (sites must share one border mode)")
     return problems
+
+
+def _warped_borders(policies: list[Policy]) -> set[str]:
+    """The border modes of the policies that warp images (only their borders matter)."""
+    return {p.border for p in policies if any(getattr(op, "STAGE", "") == "geometric" for op in p.ops)}
 
 
 def merge_policies(policies: Sequence[Policy], weights: Sequence[float]) -> Policy:
@@ -72,8 +78,8 @@ def merge_policies(policies: Sequence[Policy], weights: Sequence[float]) -> Poli
     Parameters
     ----------
     policies : sequence of Policy
-        Site policies, all of the same modality, the same sampling kind (or all None) and
-        the same border mode (which the merged policy keeps).
+        Site policies, all of the same modality, the same sampling kind (or all None), and
+        the same border mode among those with a geometric op (the merged policy keeps it).
     weights : sequence of float
         One non-negative weight per policy (e.g. example counts); normalised to sum 1.
 
@@ -142,8 +148,10 @@ def _merge(policies: list[Policy], weights: list[float]) -> Policy:
             num_ops=max(1, min(len(merged), int(num))),
             magnitude=min(MAX_MAGNITUDE, max(0.0, round(mag, 6))),
         )
+    borders = _warped_borders(policies) or {p.border for p in policies}
+    border = borders.pop() if len(borders) == 1 else DEFAULT_BORDER
     return Policy(modality=policies[0].modality, ops=tuple(merged), sampling=sampling,
-                  border=policies[0].border)
+                  border=border)
 
 
 def _vote(policies: list[Policy], weights: list[float]) -> tuple[Policy, float]:

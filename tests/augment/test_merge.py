@@ -107,12 +107,14 @@ def test_aggregate_keeps_a_shared_border_and_votes_between_different_ones() -> N
     reflect = Policy(ops=(Rotate(p=0.5, limit=10.0),))
     constant = Policy(ops=(Rotate(p=0.5, limit=20.0),), border="constant")
 
+    no_warp = Policy(ops=(Brightness(p=0.5),))  # its border changes nothing
+
     # Execute
-    merged = aggregate_policies([constant, constant], [1, 1])
+    merged = aggregate_policies([constant, constant, no_warp], [1, 1, 5])
     voted = aggregate_policies([reflect, constant], [3, 1])
 
     # Assert
-    assert merged.border == "constant"
+    assert merged.border == "constant" and {op.op for op in merged.ops} == {"rotate", "brightness"}
     assert voted == reflect
     with pytest.raises(PolicyError, match=r"mixed border modes \['constant', 'reflect'\]"):
         merge_policies([reflect, constant], [3, 1])
