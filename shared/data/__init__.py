@@ -1,13 +1,17 @@
-"""Data loaders and federated partitioners: built-in digits, MedMNIST, image folders, text tables."""
+"""Data loaders and federated partitioners: built-in digits, MedMNIST, image folders, DICOM
+folders with a labels CSV, text tables."""
 
 from fedaug.data.images import (
     BUILTIN_NAMES,
     IMAGE_EXTENSIONS,
     ImageDataset,
+    UnreadableImageError,
+    load_dicom_folder,
     load_digits_builtin,
     load_image_folder,
     load_image_source,
     load_medmnist,
+    read_image,
 )
 from fedaug.data.partition import (
     PARTITION_SCHEMES,
@@ -17,7 +21,13 @@ from fedaug.data.partition import (
     partition_iid,
     partition_quantity,
 )
-from fedaug.data.text import TextDataset, load_text_table
+from fedaug.data.text import (
+    TextDataset,
+    TextTable,
+    encode_labels,
+    load_text_table,
+    read_text_table,
+)
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -25,8 +35,12 @@ __all__ = [
     "PARTITION_SCHEMES",
     "ImageDataset",
     "TextDataset",
+    "TextTable",
+    "UnreadableImageError",
+    "encode_labels",
     "label_histogram",
     "load_digits_builtin",
+    "load_dicom_folder",
     "load_image_folder",
     "load_image_source",
     "load_medmnist",
@@ -35,4 +49,6 @@ __all__ = [
     "partition_dirichlet",
     "partition_iid",
     "partition_quantity",
+    "read_image",
+    "read_text_table",
 ]

@@ -189,8 +189,10 @@ def test_folder_errors(tmp_path):
 
     with pytest.raises(DataError, match="no class sub-folders"):
         load_image_folder(tmp_path / "empty")
-    with pytest.raises(DataError, match="Cannot read image .*broken.png"):
+    with pytest.raises(DataError, match="no readable image.*broken.png: not an image"):
         load_image_folder(tmp_path / "bad")
+    with pytest.raises(DataError, match="broken.png: not an image.*strict"):
+        load_image_folder(tmp_path / "bad", strict=True)
     with pytest.raises(DataError, match="Image folder not found"):
         load_image_folder(tmp_path / "missing")
 
@@ -315,9 +317,11 @@ def test_text_table_errors(tmp_path):
 
     with pytest.raises(DataError, match="not found"):
         load_text_table(tmp_path / "missing.tsv")
-    with pytest.raises(DataError, match="Line 2 of ragged.tsv has 3 field"):
-        load_text_table(ragged)
-    with pytest.raises(DataError, match="Line 2 of blank.tsv has an empty text"):
-        load_text_table(blank)
+    with pytest.raises(DataError, match="Line 2 of ragged.tsv: 3 field.*strict"):
+        load_text_table(ragged, strict=True)
+    with pytest.raises(DataError, match="Line 2 of blank.tsv: empty text"):
+        load_text_table(blank, strict=True)
     with pytest.raises(DataError, match=r"column not found.*\['text', 'label'\]"):
         load_text_table(header, text_column="body")
+    assert load_text_table(ragged).skipped == ("ragged.tsv line 2: 3 field(s), expected 2",)
+    assert load_text_table(blank).skipped == ("blank.tsv line 2: empty text",)
