@@ -1,9 +1,15 @@
 """EDA text augmentation (Wei & Zou 2019): synonym replacement, insertion, swap, deletion.
 
-Text is split into words and the separators between them (spaces, punctuation); the
-operations change words only, so every untouched part of the text stays byte-identical.
-Synonyms come from Princeton WordNet through NLTK (``nltk.corpus.wordnet``), which is
-imported lazily so that importing this module stays cheap.
+Text is split into tokens and the separators between them (spaces, punctuation); the
+operations change tokens only, so every untouched part of the text stays byte-identical.
+A token is a word, or a unit that must stay whole: a number with its currency sign,
+decimal point, thousands separators or unit (``£50``, ``1.5``, ``3,000``, ``10pm``,
+``50%``), a phone number (``0800 169 6031``), a URL, web address or e-mail address
+(``http://x.org/a``, ``www.x.com``, ``getzed.co.uk``) or an HTML entity (``&lt;#&gt;``).
+Such units move or vanish as a whole: they are never swapped internally, split, or
+given a word inside them. Synonyms come from Princeton WordNet through NLTK
+(``nltk.corpus.wordnet``), which is imported lazily so that importing this module stays
+cheap.
 """
 
 from __future__ import annotations
@@ -18,10 +24,14 @@ from fedaug.errors import ConfigError, DataError
 
 __all__ = [
     "STOP_WORDS",
+    "WORDNET_OPS",
+    "policy_needs_wordnet",
     "random_delete",
     "random_insert",
     "random_swap",
     "require_wordnet",
+    "require_wordnet_for",
+    "split_tokens",
     "synonym_replace",
     "wordnet_available",
 ]
@@ -41,8 +51,30 @@ _STOP_WORDS_TEXT = """
 #: code, i.e. NLTK's English list, fixed here so that no stopwords corpus is needed).
 STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 
-# A word is a run of letters/digits, with inner apostrophes ("don't", "C's").
-_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+#: EDA ops that draw WordNet synonyms.
+WORDNET_OPS = frozenset({"synonym_replace", "random_insert"})
+
+_URL_END = r"[^\s<>\"'.,;:!?)\]}]"  # a URL does not end in punctuation: "see www.x.com."
+_TLDS = "com|net|org|edu|gov|info|biz|mobi|tv|uk|io|eu"
+_TOKEN_PATTERNS = (
+    # URLs and web addresses: "http://x.org/a", "www.x.com/b?n=1"
+    rf"(?i:(?:(?<![\w+.-])[a-z][a-z0-9+.-]*://|(?<![^\W_])www\.)(?:[^\s<>\"']*{_URL_END})?)",
+    # e-mail addresses
+    r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+    # bare domains with a common top-level domain: "getzed.co.uk", "x.org/a"
+    rf"(?<![\w.-])(?i:(?:[^\W_][\w-]*\.)+(?:{_TLDS})(?![\w-])(?:/(?:[^\s<>\"']*{_URL_END})?)?)",
+    # (the look-behinds start those three only where a run of word characters starts,
+    # so that a long run is scanned once, not once per character)
+    # HTML entities, and the SMS corpus's number placeholder "&lt;#&gt;"
+    r"&lt;#&gt;|&#\d+;|&[A-Za-z]+;",
+    # phone numbers in digit groups: "0800 169 6031", "+44 20 7946"
+    r"(?:\+|0)\d{2,}(?: \d{2,}(?![^\W_]))+",
+    # a word: letters/digits with inner apostrophes ("don't"), and between digits a
+    # decimal point, thousands separator, time or date mark ("1.5", "3,000", "10:30",
+    # "0871-872-9755"); a currency sign before a digit and a % after one stay attached
+    r"(?:[£$€¥](?=\d))?[^\W_]+(?:(?:['\u2019]|(?<=\d)[.,:/-](?=\d))[^\W_]+)*(?:(?<=\d)%)?",
+)
+_TOKEN = re.compile("|".join(f"(?:{p})" for p in _TOKEN_PATTERNS))
 # Lemmas kept as synonyms: letters and single spaces only (after "_" -> " ").
 _CLEAN_LEMMA = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
 # Search paths (nltk.data.path) on which WordNet was found; failures are not cached.
@@ -93,6 +125,42 @@ def require_wordnet() -> None:
         )
 
 
+def policy_needs_wordnet(policy) -> bool:
+    """Tell whether applying a text policy can draw an op that needs WordNet.
+
+    Parameters
+    ----------
+    policy : fedaug.augment.Policy
+        A text policy.
+
+    Returns
+    -------
+    bool
+        True when the policy holds ``synonym_replace`` or ``random_insert`` with
+        ``p > 0``, or under op sampling (which may draw any of its ops).
+    """
+    sampled = getattr(policy, "sampling", None) is not None
+    return any(
+        getattr(op, "op", None) in WORDNET_OPS and (sampled or getattr(op, "p", 0) > 0)
+        for op in policy.ops
+    )
+
+
+def require_wordnet_for(policy) -> None:
+    """Raise the missing-WordNet `DataError` up front when ``policy`` can need WordNet.
+
+    Checking before any text is augmented makes a run fail the same way whether or not
+    the random draws happen to pick a synonym op (``--copies 1`` as ``--copies 4``).
+
+    Raises
+    ------
+    DataError
+        If :func:`policy_needs_wordnet` and NLTK cannot find WordNet.
+    """
+    if policy_needs_wordnet(policy):
+        require_wordnet()
+
+
 def synonym_replace(text: str, *, alpha: float, rng: random.Random) -> str:
     """Replace ``max(1, round(alpha * words))`` eligible words with a WordNet synonym.
 
@@ -126,7 +194,7 @@ def synonym_replace(text: str, *, alpha: float, rng: random.Random) -> str:
     """
     _check_args(text, alpha, rng)
     require_wordnet()
-    seps, words = _split(text)
+    seps, words = split_tokens(text)
     target = _count(alpha, len(words))
     order = [i for i, word in enumerate(words) if _eligible(word)]
     rng.shuffle(order)
@@ -172,7 +240,7 @@ def random_insert(text: str, *, alpha: float, rng: random.Random) -> str:
     """
     _check_args(text, alpha, rng)
     require_wordnet()
-    seps, words = _split(text)
+    seps, words = split_tokens(text)
     target = _count(alpha, len(words))
     sources = [w for w in words if _eligible(w) and _synonyms(w.lower())]
     if not sources:
@@ -216,7 +284,7 @@ def random_swap(text: str, *, alpha: float, rng: random.Random) -> str:
         If ``text`` is not a string.
     """
     _check_args(text, alpha, rng)
-    seps, words = _split(text)
+    seps, words = split_tokens(text)
     if len(words) < 2:
         return text
     for _ in range(_count(alpha, len(words))):
@@ -254,7 +322,7 @@ def random_delete(text: str, *, alpha: float, rng: random.Random) -> str:
         If ``text`` is not a string.
     """
     _check_args(text, alpha, rng)
-    seps, words = _split(text)
+    seps, words = split_tokens(text)
     if len(words) < 2:
         return text
     keep = [rng.random() >= alpha for _ in words]
@@ -305,14 +373,30 @@ def _check_args(text: object, alpha: object, rng: object) -> None:
         )
 
 
-def _split(text: str) -> tuple[list[str], list[str]]:
-    """Split into separators and words: ``text == seps[0] + words[0] + seps[1] + ...``."""
+def split_tokens(text: str) -> tuple[list[str], list[str]]:
+    """Split a text into separators and tokens (words and whole units, see the module).
+
+    Parameters
+    ----------
+    text : str
+        Any text.
+
+    Returns
+    -------
+    seps, tokens : list of str
+        ``text == seps[0] + tokens[0] + seps[1] + ... + tokens[-1] + seps[-1]``, with
+        ``len(seps) == len(tokens) + 1``; separators between tokens are never empty
+        (touching tokens, as in ``win£50``, form one token).
+    """
     seps: list[str] = []
     words: list[str] = []
     start = 0
-    for match in _WORD.finditer(text):
-        seps.append(text[start : match.start()])
-        words.append(match.group())
+    for match in _TOKEN.finditer(text):
+        if words and match.start() == start:  # "win£50": touching tokens are one unit
+            words[-1] += match.group()
+        else:
+            seps.append(text[start : match.start()])
+            words.append(match.group())
         start = match.end()
     seps.append(text[start:])
     return seps, words

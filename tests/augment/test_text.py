@@ -6,6 +6,7 @@ import functools
 import math
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,13 @@ NLTK_DIR = DATA / "nltk_data"
 SMS_FILE = DATA / "sms_spam" / "SMSSpamCollection"
 
 OPS = [eda.synonym_replace, eda.random_insert, eda.random_swap, eda.random_delete]
-# Words are runs of letters/digits with inner apostrophes; everything else separates.
-WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 
 
 def split(text: str) -> tuple[list[str], list[str]]:
-    """Return (separators, words) with text == seps[0] + words[0] + seps[1] + ..."""
-    words = WORD.findall(text)
-    seps = WORD.split(text)
+    """Return (separators, tokens) with text == seps[0] + tokens[0] + seps[1] + ..."""
+    seps, words = eda.split_tokens(text)
     assert len(seps) == len(words) + 1
+    assert "".join(s + w for s, w in zip(seps, [*words, ""], strict=True)) == text
     return seps, words
 
 
@@ -54,6 +53,26 @@ def sms() -> list[str]:
     with SMS_FILE.open(encoding="utf-8") as fh:
         lines = [next(fh) for _ in range(200)]
     return [line.rstrip("\n").split("\t", 1)[1] for line in lines]
+
+
+# Written independently of the module's tokenizer: units that must stay whole, and every
+# maximal run of digits with the marks between them.
+UNIT = re.compile(
+    r"(?:https?://|www\.)[^\s<>\"']*[^\s<>\"'.,;:!?)\]}]"  # URLs and web addresses
+    r"|[£$€]\d+(?:[.,]\d+)*"  # amounts: £50, £1.50, £100,000
+    r"|\d+(?:[.,:]\d+)+"  # decimals, thousands, times: 1.5, 3,000, 10:30
+)
+NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+
+
+@pytest.fixture(scope="module")
+def sms_with_units() -> list[str]:
+    """The real SMS texts with at least two numbers, amounts or URLs (108 texts)."""
+    if not SMS_FILE.is_file():
+        pytest.skip(f"SMS Spam Collection missing: expected {SMS_FILE}")
+    with SMS_FILE.open(encoding="utf-8") as fh:
+        texts = [line.rstrip("\n").split("\t", 1)[1] for line in fh]
+    return [t for t in texts if len(UNIT.findall(t)) >= 2]
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +323,60 @@ def test_bad_rng_and_text_are_rejected(op):
         op("happy dog", alpha=0.5, rng=random)
     with pytest.raises(DataError, match="needs a str.*bytes"):
         op(b"happy dog", alpha=0.5, rng=random.Random(0))
+
+
+def test_split_tokens_keeps_numbers_currency_and_urls_whole():
+    # Execute
+    seps, tokens = eda.split_tokens(
+        "Win £50 or 1.5 GB, for 3,000 users at 10:30: http://x.org/a, www.x.com! "
+        "Call 0800 169 6031 (50% off) or visit getzed.co.uk."
+    )
+
+    # Assert
+    assert {"£50", "1.5", "3,000", "10:30", "http://x.org/a", "www.x.com", "0800 169 6031",
+            "50%", "getzed.co.uk"} <= set(tokens)
+    assert seps[-1] == "." and all(seps[1:-1])
+
+
+@pytest.mark.parametrize("op", [eda.random_swap, eda.random_insert, eda.random_delete],
+                         ids=lambda f: f.__name__)
+def test_numbers_currency_and_urls_are_never_split_or_entered(wordnet, sms_with_units, op):
+    # Prepare
+    assert len(sms_with_units) > 100
+
+    for i, text in enumerate(sms_with_units):
+        for seed in range(3):
+            # Execute
+            out = op(text, alpha=0.5, rng=random.Random(1000 * i + seed))
+
+            # Assert: units move or vanish whole; no fragment of one appears
+            units = UNIT.findall(text)
+            numbers, out_numbers = Counter(NUMBER.findall(text)), Counter(NUMBER.findall(out))
+            if op is eda.random_delete:
+                assert out_numbers <= numbers, (text, out)
+                assert len(re.findall(r"[£$€](?!\d)", out)) <= len(
+                    re.findall(r"[£$€](?!\d)", text)), (text, out)
+                for start in re.finditer(r"https?://|www\.", out):
+                    assert any(out.startswith(u, start.start()) for u in units), (text, out)
+            else:
+                assert all(out.count(u) >= text.count(u) for u in units), (text, out)
+                assert out_numbers == numbers, (text, out)
+
+
+def test_policy_needs_wordnet_when_a_synonym_op_can_be_drawn():
+    # Prepare
+    from fedaug.augment import Policy
+
+    def policy(**extra):
+        ops = [{"op": "random_swap", "p": 1.0, "alpha": 0.1}, *extra.pop("ops", [])]
+        return Policy.from_dict({"schema_version": 1, "modality": "text", "ops": ops, **extra})
+
+    # Execute / Assert
+    assert eda.policy_needs_wordnet(Policy.default("text"))
+    assert eda.policy_needs_wordnet(policy(ops=[{"op": "random_insert", "p": 0.01, "alpha": 0.1}]))
+    assert not eda.policy_needs_wordnet(policy())
+    assert not eda.policy_needs_wordnet(
+        policy(ops=[{"op": "synonym_replace", "p": 0.0, "alpha": 0.1}]))
+    assert eda.policy_needs_wordnet(
+        policy(ops=[{"op": "synonym_replace", "p": 0.0, "alpha": 0.1}],
+               sampling={"kind": "randaugment", "num_ops": 1, "magnitude": 9}))
