@@ -15,6 +15,7 @@ from fedaug.client.train import run_round
 from fedaug.client.warmup import release_class_sums
 from fedaug.config import RunConfig, TrainSettings
 from fedaug.generator import GeneratorConfig
+from fedaug.logs import ensure_logging
 from fedaug.wire import to_wire
 
 __all__ = ["app", "handle_train", "handle_warmup"]
@@ -27,6 +28,7 @@ app = ClientApp()
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global generator on this site's data with DP; reply with
     parameters, the policy used, and metrics that are DP releases or post-processings."""
+    ensure_logging()
     run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
     cfg = msg.content[keys.CONFIG]
     settings = TrainSettings.from_mapping(dict(cfg), source="the server's train config",
@@ -59,6 +61,7 @@ def handle_train(msg: Message, context: Context) -> Message:
 @app.query()
 def handle_warmup(msg: Message, context: Context) -> Message:
     """Release this site's noised per-class sums for the server's warm start (once per run)."""
+    ensure_logging()
     run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
     cfg = msg.content[keys.CONFIG]
     site = resolve_site(dict(context.node_config), run)
@@ -66,7 +69,8 @@ def handle_warmup(msg: Message, context: Context) -> Message:
     release = release_class_sums(site=site, run=run,
                                  noise_multiplier=float(cfg[keys.WARMUP_NOISE_MULTIPLIER]),
                                  num_classes=gen_config.num_classes,
-                                 image_size=gen_config.image_size, run_id=str(cfg[keys.RUN_ID]),
+                                 image_size=gen_config.image_size,
+                                 channels=gen_config.channels, run_id=str(cfg[keys.RUN_ID]),
                                  release_size=int(cfg[keys.WARMUP_SIZE]) if keys.WARMUP_SIZE in cfg
                                  else None)
     content = RecordDict({

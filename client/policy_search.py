@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from fedaug.augment import BatchAugmenter, Policy
-from fedaug.augment.candidates import _check_seed, candidate_policies
+from fedaug.augment.candidates import candidate_policies
+from fedaug.augment.schema import check_seed
 from fedaug.errors import ConfigError, DataError, PolicyError
 from fedaug.privacy import NoiseSource
 from fedaug.privacy.choice import _check_mechanism, private_choice
@@ -77,7 +78,7 @@ def score_candidates(
     """
     from fedaug.evaluate.classifier import classification_report, train_classifier
 
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not (
         0.0 < val_fraction < 1.0
     ):

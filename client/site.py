@@ -15,7 +15,8 @@ from fedaug.errors import ConfigError
 from fedaug.privacy import BudgetPlanner, NoiseSource, PrivacyLedger
 from fedaug.privacy.registry import SpendingRegistry, data_fingerprint, default_registry_dir
 
-__all__ = ["SiteContext", "resolve_site", "load_site_data", "open_ledger", "spent_epsilon"]
+__all__ = ["SiteContext", "resolve_site", "load_site_data", "open_ledger", "spent_epsilon",
+           "check_fits"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,22 @@ def open_ledger(site: SiteContext, data: ImageDataset) -> tuple[PrivacyLedger, B
 def spent_epsilon(site: SiteContext) -> float:
     """Epsilon of the site's ledger as it stands (0 before its first spending)."""
     return PrivacyLedger(site.state_dir, site=site.name, delta=site.delta).epsilon()
+
+
+def check_fits(site: SiteContext, data: ImageDataset, *, channels: int, num_classes: int) -> None:
+    """Refuse, before anything is spent, data that cannot train the server's model.
+
+    The check reads the data set's format (channels, declared classes), not its records, and
+    the answer leaves the site only as this error.
+    """
+    have = data.image_shape[2]
+    problems = []
+    if have != channels:
+        problems.append(f"its images have {have} channel(s), the model {channels}")
+    if data.num_classes > num_classes:
+        problems.append(f"it declares {data.num_classes} classes, the model {num_classes}")
+    if problems:
+        raise ConfigError(f"{site.name}: this site's data does not fit the federation's model: "
+                          + "; ".join(problems) + ". Nothing was spent.",
+                          value=site.data, fix="Point data-path at data of the federation's "
+                          "image format and classes, or ask the server which it trains.")

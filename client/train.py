@@ -15,7 +15,7 @@ from fedaug import keys
 from fedaug.atomic import atomic_write_bytes, atomic_write_json
 from fedaug.augment import BatchAugmenter, Policy
 from fedaug.client.count import released_count
-from fedaug.client.site import SiteContext, load_site_data, open_ledger
+from fedaug.client.site import SiteContext, check_fits, load_site_data, open_ledger
 from fedaug.config import RunConfig, TrainSettings
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
 from fedaug.generator.train import sample_rate_for
@@ -114,6 +114,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
               device: str | torch.device = "cpu") -> RoundResult:
     """Train the global generator on this site's data for one round, within budget."""
     data = load_site_data(site, run)
+    check_fits(site, data, channels=gen_config.channels, num_classes=gen_config.num_classes)
     ledger, planner = open_ledger(site, data)
     unet = build_unet(gen_config).to(device)
     unet.load_state_dict(global_state)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fedaug.atomic import atomic_write_bytes
-from fedaug.client.site import SiteContext, load_site_data, open_ledger
+from fedaug.client.site import SiteContext, check_fits, load_site_data, open_ledger
 from fedaug.client.train import images_to_tensor
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
@@ -45,7 +45,7 @@ def release_noise_multiplier(requested: float, planner: BudgetPlanner) -> float 
 
 
 def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
-                       num_classes: int, image_size: int, run_id: str,
+                       num_classes: int, image_size: int, channels: int, run_id: str,
                        release_size: int | None = None) -> dict[str, np.ndarray] | None:
     """Noised ``class-sums`` (K, D) and ``class-counts`` (K,), or None if the budget forbids.
 
@@ -68,6 +68,7 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     except (OSError, RuntimeError, EOFError, ValueError):
         pass
     data = load_site_data(site, run)
+    check_fits(site, data, channels=channels, num_classes=num_classes)
     ledger, planner = open_ledger(site, data)
     sigma = release_noise_multiplier(noise_multiplier, planner)
     if sigma is None:

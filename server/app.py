@@ -27,9 +27,11 @@ from fedaug.generator import (
     to_uint8,
     write_sample_grid,
 )
+from fedaug.logs import ensure_logging
 from fedaug.privacy import PrivacyLedger
 from fedaug.server.checkpoint import (
     STATE_FILE,
+    holds_a_run,
     keep_round_checkpoint,
     load_server_state,
     save_server_state,
@@ -46,7 +48,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower entry point (``flwr run .`` and ``fedaug simulate`` both come here)."""
+    """Flower entry point of a deployment and of ``flwr run .``."""
+    ensure_logging()
     run = RunConfig.from_mapping(context.run_config, source="run config")
     run_server(grid, run, wait_for_sites_s=run.wait_for_sites_s)
 
@@ -96,6 +99,11 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
                 run_id: str, out: Path, strategy: FedAugStrategy) -> ArrayRecord:
     """Round 0: DP central images from the sites, pretraining on them (see server/warmup.py)."""
     size = min(run.warmup_size or gen_config.image_size, gen_config.image_size)
+    (out / "central_images.png").unlink(missing_ok=True)  # never show an earlier run's
+    connected = strategy.wait_for_sites(grid)
+    if len(connected) < run.min_sites:
+        log.warning("warm start: only %d of min-sites=%d sites connected within %.0fs; asking "
+                    "those", len(connected), run.min_sites, run.wait_for_sites_s)
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
                            keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
                            keys.WARMUP_SIZE: size})
@@ -128,6 +136,16 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
     run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     gen_config, class_names = generator_config_for(run)
     out = Path(run.out_dir)
+    earlier = holds_a_run(out)
+    if earlier and not run.resume:
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(earlier)}). A second run into it would "
+            "spend what is left of every site's budget and replace its model.",
+            fix="Continue it with --resume (run config resume=true), or give the new run a "
+            "fresh --out (run config out-dir).")
+    resumed = load_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config)
+    if resumed is not None:  # the same run goes on: sites keep its count release and plan
+        run_id = resumed["strategy"].get("run-id") or run_id
     torch.manual_seed(run.seed)
     unet = build_unet(gen_config)
     policy = load_policy(run.policy)
@@ -201,7 +219,11 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
              run.data, gen_config.block_out_channels,
              sum(p.numel() for p in unet.parameters()), len(policy.ops))
     initial = ArrayRecord(unet.state_dict())
-    resumed = load_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config)
+    if resumed is not None and resumed["finished"]:
+        strategy.resume_from(resumed["strategy"])
+        log.info("the run in %s finished all %d rounds: nothing to do, nothing spent (raise "
+                 "num-server-rounds to train further)", out, run.num_server_rounds)
+        return strategy
     if resumed is not None:
         initial = resumed["raw"]
         strategy.resume_from(resumed["strategy"])

@@ -10,11 +10,12 @@ from typing import Any
 from flwr.app import ArrayRecord
 
 from fedaug.atomic import atomic_dir
+from fedaug.errors import ConfigError
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 from fedaug.generator.card import MODEL_CARD
 
 __all__ = ["write_global", "keep_round_checkpoint", "save_server_state",
-           "load_server_state", "MODEL_CARD", "STATE_FILE"]
+           "load_server_state", "holds_a_run", "MODEL_CARD", "STATE_FILE"]
 
 STATE_FILE = "server-state.pt"
 
@@ -60,9 +61,15 @@ def save_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
 
 def load_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
                       ) -> dict[str, Any] | None:
-    """The state to resume from, or None when there is none or it belongs to another setup."""
-    import logging
+    """The state to resume from (``raw`` weights, ``strategy`` state, ``finished``), or
+    None when there is none.
 
+    Raises
+    ------
+    ConfigError
+        When the state belongs to another setup (rounds, generator or data differ): resuming
+        it would mix two runs.
+    """
     import torch
 
     path = Path(path)
@@ -72,13 +79,23 @@ def load_server_state(path: str | Path, *, run: Any, gen_config: GeneratorConfig
     same = (state.get("planned-rounds") == run.num_server_rounds
             and state.get("generator") == gen_config.to_dict() and state.get("data") == run.data)
     if not same:
-        logging.getLogger("fedaug.server").warning(
-            "Not resuming from %s: it belongs to another run setup (rounds, generator or data "
-            "differ). Starting from round 1; delete the file to silence this.", path)
-        return None
-    if state["strategy"]["rounds-done"] >= run.num_server_rounds:
-        return None
-    return {"raw": ArrayRecord(state["raw"]), "strategy": state["strategy"]}
+        raise ConfigError(
+            f"Cannot resume from {path}: it belongs to another run setup (rounds, generator "
+            "or data differ).", value={"planned-rounds": state.get("planned-rounds"),
+                                       "data": state.get("data")},
+            fix="Resume with the same settings, or start the new run in a fresh out-dir.")
+    return {"raw": ArrayRecord(state["raw"]), "strategy": state["strategy"],
+            "finished": state["strategy"]["rounds-done"] >= run.num_server_rounds}
+
+
+def holds_a_run(out: str | Path) -> list[str]:
+    """What in ``out`` shows an earlier run (server state, a published model, site state)."""
+    out = Path(out)
+    found = [p for p in (out / "server" / STATE_FILE, out / "global") if p.exists()]
+    sites = out / "sites"
+    if sites.is_dir() and any(sites.iterdir()):
+        found.append(sites)
+    return [str(p) for p in found]
 
 
 def keep_round_checkpoint(folder: str | Path, server_round: int, source: str | Path, *,

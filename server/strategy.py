@@ -23,15 +23,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedaug import keys
-from fedaug.augment import Policy, merge_policies
-from fedaug.errors import PolicyError
+from fedaug.augment import Policy, aggregate_policies
 from fedaug.privacy import NoiseSource
 from fedaug.server.aggregate import AGGREGATIONS, aggregate_arrays
 from fedaug.server.central_dp import central_dp_mean
 from fedaug.server.replies import check_train_reply
 from fedaug.wire import cast_record, record_nbytes
 
-__all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary", "combine_policies"]
+__all__ = ["FedAugStrategy", "SiteRecord", "RoundSummary"]
 
 log = logging.getLogger("fedaug.server")
 
@@ -72,21 +71,6 @@ class RoundSummary:
     seconds: float = 0.0
     bytes_down_per_site: int = 0
     bytes_up_per_site: float = 0.0
-
-
-def combine_policies(policies: list[Policy], weights: list[float]) -> Policy:
-    """The global policy: the example-weighted merge of the sites' policies, or, where they
-    cannot be merged (e.g. different sampling kinds after a private policy search), the
-    weighted vote: the policy with the most examples behind it."""
-    try:
-        return merge_policies(policies, weights)
-    except PolicyError:
-        votes: dict[str, float] = {}
-        for p, w in zip(policies, weights, strict=True):
-            votes[p.to_json()] = votes.get(p.to_json(), 0.0) + w
-        best = max(votes.items(), key=lambda kv: kv[1])[0]
-        log.info("site policies cannot be merged; weighted vote picks %s", best)
-        return Policy.from_json(best)
 
 
 class FedAugStrategy(FedAvg):
@@ -205,6 +189,10 @@ class FedAugStrategy(FedAvg):
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n)
                 for n in chosen]
 
+    def wait_for_sites(self, grid: Grid) -> list[int]:
+        """The connected sites, after waiting up to ``wait_for_sites_s`` for min-sites."""
+        return self._eligible(grid)
+
     def _eligible(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.wait_for_sites_s
         while True:
@@ -268,6 +256,14 @@ class FedAugStrategy(FedAvg):
             self.ended = (f"only {len(remaining)} site(s) with privacy budget left, fewer than "
                           f"min-sites={self.min_sites}; the run ends after round {server_round}")
             log.warning("Ending the run: %s.", self.ended)
+        if 0 < len(good) < self.min_sites:  # never publish fewer sites than promised
+            if not self.ended:
+                why = "; ".join(f"{n}: {r}" for n, r in summary.excluded.items()) or "none"
+                self.ended = (f"round {server_round} had {len(good)} usable update(s), fewer "
+                              f"than min-sites={self.min_sites} (left out: {why}); it was not "
+                              "aggregated and the run ends")
+                log.warning("Ending the run: %s.", self.ended)
+            good = []
         summary.aggregated = len(good)
         if not good:
             summary.seconds = time.perf_counter() - self._t0
@@ -280,7 +276,7 @@ class FedAugStrategy(FedAvg):
         else:
             arrays = aggregate_arrays(records, weights, rule=self.aggregation)
         metrics = MetricRecord({keys.NUM_EXAMPLES: float(sum(weights))})
-        self.policy = combine_policies([p for _, p, _ in good], weights)
+        self.policy = aggregate_policies([p for _, p, _ in good], weights)
         summary.update_norm = _distance(arrays, self._current)
         self.latest_raw = arrays
         published = self.published = self._update_ema(arrays)
@@ -318,6 +314,7 @@ class FedAugStrategy(FedAvg):
     def checkpoint(self) -> dict[str, Any]:
         """What a restarted server needs to continue (no site data, only what sites sent)."""
         return {
+            "run-id": self.run_id,
             "rounds-done": self.round_offset + sum(1 for r in self.rounds if r.aggregated),
             "policy": self.policy.to_json(),
             "sites": {str(n): vars(r) for n, r in self.sites.items()},

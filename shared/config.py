@@ -194,6 +194,9 @@ class RunConfig(_Settings):
     seed: int = _opt(0, "run seed: the public draws only (simulated data split, model "
                      "initialisation, evaluation), never a privacy mechanism's", lo=0)
     out_dir: str = _opt("fedaug-out", "output folder (global model, site state in simulation)")
+    resume: bool = _opt(False, "continue the run in out-dir from its last completed round; "
+                        "without it a run into a folder that holds one is refused (a second "
+                        "run would spend what is left of every budget and replace the model)")
     epsilon: float = _opt(10.0, "per-site epsilon budget in simulation (deployed sites set their "
                           "own with node config epsilon-budget)", lo=0.0, lo_open=True)
     delta: float = _opt(1e-5, "per-site delta in simulation", lo=0.0, lo_open=True, hi=0.1)

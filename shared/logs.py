@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-__all__ = ["setup_logging"]
+__all__ = ["setup_logging", "ensure_logging"]
 
 _FORMAT = "%(asctime)s %(name)s: %(message)s"
 #: Libraries that log every message or call at INFO; fedaug keeps their warnings only.
@@ -31,3 +31,10 @@ def setup_logging(verbosity: int = 0, *, stream=None) -> None:
 
         for name in _LIBRARIES:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def ensure_logging() -> None:
+    """One line per event in a process fedaug did not start (a deployed ServerApp or
+    ClientApp run by Flower): set up fedaug's handler unless a command already did."""
+    if not logging.getLogger("fedaug").handlers:
+        setup_logging(0)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "initialisation, evaluation; never the privacy noise)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other run-config key, e.g. --set local-steps=20 (repeatable)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last completed round (without it, "
+                   "an --out that holds a run is refused before anything is spent)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_simulate)
 
@@ -46,7 +49,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedaug.simulations.scenario import DEFAULT_SCENARIO, load_scenario
 
     flags = {"num-server-rounds": args.rounds, "epsilon": args.epsilon, "alpha": args.alpha,
-             "data": args.data, "out-dir": args.out, "seed": args.seed}
+             "data": args.data, "out-dir": args.out, "seed": args.seed,
+             "resume": True if args.resume else None}
     given = {k: v for k, v in flags.items() if v is not None}
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -62,6 +66,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if num_sites < 1:
         raise ConfigError("--sites must be at least 1.", value=num_sites)
     run = RunConfig.from_mapping(scenario, source=str(args.config or DEFAULT_SCENARIO))
+    before = _spent_so_far(Path(run.out_dir), run.delta)
     strategy = simulate(run, num_sites=num_sites, progress=not args.no_progress)
     out = Path(run.out_dir)
     print()
@@ -70,11 +75,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if strategy.ended:
         print(f"  ended early: {strategy.ended}")
     for card in strategy.site_cards():
-        print(f"  {card['site']:<10} examples {card['num-examples']:>6}  epsilon "
-              f"{card['epsilon']:.3f} / {card['budget']:.2f}  (delta {card['delta']:g})")
+        spent = card["epsilon"] - before.get(card["site"], 0.0)
+        print(f"  {card['site']:<10} ~{card['num-examples']:>7.0f} examples (noisy count)  "
+              f"epsilon {spent:.3f} this run, {card['epsilon']:.3f} of {card['budget']:.2f} "
+              f"in total (delta {card['delta']:g})")
     print(f"  global model : {out / 'global'}  (UNet2DModel.from_pretrained(..., "
           f"subfolder='unet'))")
     print(f"  model card   : {out / 'global' / 'model_card.json'}")
     print(f"  sample grid  : {out / 'sample_grid.png'}")
     print(f"  site ledgers : {out / 'sites'}/<site>/  (fedaug privacy show --state-dir ...)")
     return 0
+
+
+def _spent_so_far(out: Path, delta: float) -> dict[str, float]:
+    """Each simulated site's epsilon before this run (its ledger in OUT/sites)."""
+    from fedaug.privacy.ledger import LEDGER_FILE, open_ledger_readonly
+
+    spent = {}
+    for folder in sorted((out / "sites").glob("*")) if (out / "sites").is_dir() else []:
+        if (folder / LEDGER_FILE).is_file():
+            spent[folder.name] = open_ledger_readonly(folder).epsilon()
+    return spent

@@ -41,7 +41,7 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
              "site", num_sites, run.data, run.partition, run.alpha, run.num_server_rounds,
              run.epsilon)
     strategy = run_server(grid, run)
-    if audit and (Path(run.out_dir) / "global").is_dir():
+    if audit and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
         _audit_into_card(run)
     return strategy
 

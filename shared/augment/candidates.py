@@ -13,8 +13,9 @@ import numpy as np
 
 from fedaug.errors import ConfigError, PolicyError
 
-from .ops import ImageOp, Op, _Field
+from .ops import ImageOp, Op
 from .policy import MAX_MAGNITUDE, Policy, Sampling
+from .schema import check_seed
 
 __all__ = ["SCALE_FACTORS", "candidate_labels", "candidate_policies"]
 
@@ -72,14 +73,14 @@ def candidate_policies(base: Policy, *, num_candidates: int = 6, seed: int = 0) 
     """
     _check_base(base)
     _check_num_candidates(num_candidates)
-    seed = _check_seed(seed)
-    out = [base, Policy(modality="image")]
+    seed = check_seed(seed)
+    out = [base, Policy(modality="image", border=base.border)]
     out += [_scaled(base, f, base.sampling) for f in SCALE_FACTORS]
     if base.sampling is None:
         sampling = Sampling("randaugment", num_ops=min(2, len(base.ops)), magnitude=MAX_MAGNITUDE)
-        out.append(Policy(modality="image", ops=base.ops, sampling=sampling))
+        out.append(Policy(modality="image", ops=base.ops, sampling=sampling, border=base.border))
     else:
-        out.append(Policy(modality="image", ops=base.ops))
+        out.append(Policy(modality="image", ops=base.ops, border=base.border))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EA7C4]))
     while len(out) < num_candidates:
         factor = float(rng.uniform(*_EXTRA_SCALE))
@@ -92,7 +93,7 @@ def candidate_policies(base: Policy, *, num_candidates: int = 6, seed: int = 0) 
 
 def _scaled(base: Policy, factor: float, sampling: Sampling | None) -> Policy:
     return Policy(modality="image", ops=tuple(_scale_op(op, factor) for op in base.ops),
-                  sampling=sampling)
+                  sampling=sampling, border=base.border)
 
 
 def _scale_op(op: Op, factor: float) -> Op:
@@ -102,9 +103,9 @@ def _scale_op(op: Op, factor: float) -> Op:
         value = getattr(op, name)
         ident = 0.0 if name == "p" else _field_identity(op, name)
         if spec.kind == "number":
-            kwargs[name] = _clamp(ident + factor * (value - ident), spec)
+            kwargs[name] = spec.clamp(ident + factor * (value - ident))
         else:
-            kwargs[name] = tuple(_clamp(ident + factor * (v - ident), spec) for v in value)
+            kwargs[name] = tuple(spec.clamp(ident + factor * (v - ident)) for v in value)
     return type(op)(**kwargs)
 
 
@@ -127,18 +128,6 @@ def _field_identity(op: Op, name: str) -> float:
         [f"ops.{op.op}.{name}: no known identity value, so this op cannot be scaled"],
         fix="Teach fedaug.augment.candidates._field_identity the op's identity value.",
     )
-
-
-def _clamp(x: float, spec: _Field) -> float:
-    """Round to 6 decimals and clamp into bounds (an open lower bound keeps 1% of the span)."""
-    lo = spec.lo + 0.01 * (spec.hi - spec.lo) if spec.lo_open else spec.lo
-    return float(min(spec.hi, max(lo, round(x, 6))))  # round: 1.2, not 1.2000000000000002
-
-
-def _check_seed(seed: Any) -> int:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError("seed must be an integer >= 0.", value=seed, fix="Pass seed=<int>.")
-    return int(seed)
 
 
 def _check_num_candidates(n: Any, *, minimum: int = 2) -> None:

@@ -271,11 +271,11 @@ def test_warmup_release_refuses_a_bad_size_before_spending(tmp_path):
     run = RunConfig.from_mapping({"data": "digits"}, source="test")
     with pytest.raises(ConfigError, match="warm-up release size") as err:
         release_class_sums(site=site, run=run, noise_multiplier=2.0, num_classes=10,
-                           image_size=8, run_id="r", release_size=0)
+                           image_size=8, channels=1, run_id="r", release_size=0)
     assert "warmup-size" in str(err.value)
     assert len(PrivacyLedger(tmp_path, site="s", delta=1e-5).entries) == 0
     # a valid size releases sums of that many pixels per class
     release = release_class_sums(site=site, run=run, noise_multiplier=2.0, num_classes=10,
-                                 image_size=8, run_id="r", release_size=4)
+                                 image_size=8, channels=1, run_id="r", release_size=4)
     assert release["class-sums"].shape == (10, 16)
     assert len(PrivacyLedger(tmp_path, site="s", delta=1e-5).entries) == 1

@@ -14,6 +14,7 @@ from conftest import TINY
 from fedaug.augment import Policy
 from fedaug.config import RunConfig
 from fedaug.data import load_digits_builtin
+from fedaug.errors import ConfigError
 from fedaug.privacy import PrivacyLedger, compose_epsilon
 from fedaug.simulations.run import simulate
 
@@ -133,14 +134,19 @@ def test_budget_exhausted_sites_stop_and_run_ends_cleanly(tmp_path):
 
 
 def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
-    # Prepare: one run of 1 round that spends a budget of 5
+    # Prepare: one run of 1 round that spends a budget of 5; the sites keep their state
+    # folders (and spending records) outside the runs' output folders
     run = _run(tmp_path)
-    simulate(run.replace(epsilon=5.0), num_sites=2, progress=False, audit=False)
-    state = tmp_path / "out" / "sites" / "site-0"
+    sites = {i: {"state-dir": str(tmp_path / "sites" / f"site-{i}"),
+                 "spending-registry": str(tmp_path / "registry")} for i in range(2)}
+    simulate(run.replace(epsilon=5.0, out_dir=str(tmp_path / "run-1")), num_sites=2,
+             progress=False, audit=False, node_overrides=sites)
+    state = tmp_path / "sites" / "site-0"
     first = PrivacyLedger(state, site="site-0", delta=run.delta)
     eps1 = first.epsilon()
     # Execute: the site "restarts" in a new run with the same state folder, a budget of 10
-    simulate(run, num_sites=2, progress=False, audit=False)
+    simulate(run.replace(out_dir=str(tmp_path / "run-2")), num_sites=2, progress=False,
+             audit=False, node_overrides=sites)
     # Assert: the history grew and epsilon is composed over both runs, within budget
     again = PrivacyLedger(state, site="site-0", delta=run.delta)
     assert [e.mechanism for e in again.entries].count("dp-sgd") == 2
@@ -152,7 +158,7 @@ def test_epsilon_continues_across_runs_from_the_state_folder(tmp_path):
 
 def test_poisoned_and_malformed_updates_are_excluded(tmp_path):
     # Prepare: site-1 replies with NaN weights, site-2 with a wrong-shaped array
-    run = _run(tmp_path)
+    run = _run(tmp_path, **{"min-sites": 1})  # one honest site is enough to aggregate
 
     def poison(grid):
         honest = grid._app
@@ -256,8 +262,11 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     with pytest.raises(RuntimeError, match="server killed"):
         simulate(run, num_sites=2, progress=False, audit=False, grid_hook=die_in_round_3)
     assert json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())["rounds"] == 2
-    # Execute: start again with the same settings and output folder
-    strategy = simulate(run, num_sites=2, progress=False, audit=False)
+    # Execute: a plain re-run into the folder is refused before anything is spent; a run
+    # with resume continues it
+    with pytest.raises(ConfigError, match="already holds a run.*--resume"):
+        simulate(run, num_sites=2, progress=False, audit=False)
+    strategy = simulate(run.replace(resume=True), num_sites=2, progress=False, audit=False)
     # Assert: only round 3 ran; sites' ledgers hold 3 rounds in all
     assert strategy.round_offset == 2
     rounds = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
@@ -267,4 +276,11 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     assert card["rounds"] == 3
     ledger = PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0", delta=run.delta)
     assert [e.round for e in ledger.entries if e.mechanism == "dp-sgd"] == [1, 2, 3]
+    assert [e.release for e in ledger.entries].count("count") == 1  # the same run went on
     assert ledger.epsilon() <= run.epsilon
+    # resuming a finished run does nothing and spends nothing
+    before = len(ledger.entries)
+    again = simulate(run.replace(resume=True), num_sites=2, progress=False, audit=False)
+    assert again.rounds == []
+    assert len(PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0",
+                             delta=run.delta).entries) == before
