@@ -1,9 +1,14 @@
-"""``fedaug augment``: apply a policy to an image folder or a text table, K copies each."""
+"""``fedaug augment``: apply a policy to an image folder or a text table, K copies each.
+
+Bad input does not stop a run: an unreadable image file or an empty class folder is
+skipped with one warning naming it, a table row without a label or text with one warning
+naming its line, and the summary counts what was skipped.
+"""
 
 from __future__ import annotations
 
-import csv
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +16,48 @@ import numpy as np
 from PIL import Image
 
 from fedaug.atomic import atomic_write_bytes, atomic_write_text
-from fedaug.augment.policy import Policy, apply_policy, apply_text_policy
+from fedaug.augment import Policy, apply_policy, apply_text_policy
 from fedaug.augment.stats import distribution_shift, format_shift_report
-from fedaug.data import IMAGE_EXTENSIONS, load_text_table
-from fedaug.errors import DataError
+from fedaug.augment.text import require_wordnet_for
+from fedaug.data import IMAGE_EXTENSIONS, UnreadableImageError, read_image, read_text_table
+from fedaug.errors import ConfigError, DataError
 
 __all__ = ["augment_path"]
 
+log = logging.getLogger("fedaug.augment")
+
 
 def augment_path(policy: Policy, src: str | Path, out: str | Path, *, copies: int = 1,
-                 seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 seed: int = 0, progress: bool = True, text_column: int | str | None = None,
+                 label_column: int | str | None = None) -> dict[str, Any]:
     """Augment a folder of images (class sub-folders kept) or a CSV/TSV of texts.
 
-    Returns a summary; for images it includes the golden-rule check (distribution shift of
-    augmented against original images, per class) and the path of a preview grid PNG.
+    Parameters
+    ----------
+    policy : Policy
+        An image policy for a folder, a text policy for a table.
+    src : str or Path
+        ``IN/<class>/<image>`` folder, or a CSV/TSV table.
+    out : str or Path
+        Output folder; for a table, a file (or a folder that receives ``src``'s name).
+    copies : int, default 1
+        Augmented copies of every input.
+    seed : int, default 0
+        Same inputs, policy and seed give the same output.
+    progress : bool, default True
+        Show a progress bar over the images.
+    text_column, label_column : int or str, optional
+        The table's text and label columns (header name or 0-based index); default as
+        :func:`fedaug.data.read_text_table` guesses them.
+
+    Returns
+    -------
+    dict
+        ``kind``, ``inputs``, ``written``, ``out`` and ``skipped`` (one ``"what: reason"``
+        per input left out). For images also the golden-rule check (``shift``, and
+        ``shift-text``: the per-class table, classes named by their folders) and the
+        path of a preview grid PNG. A table is written in its own layout: the header and
+        every column kept, only the text column changed, all copies in one atomic write.
     """
     src, out = Path(src), Path(out)
     if copies < 1:
@@ -35,19 +68,33 @@ def augment_path(policy: Policy, src: str | Path, out: str | Path, *, copies: in
     if src.is_dir():
         if policy.modality != "image":
             raise DataError("A folder of images needs an image policy.", value=policy.modality)
+        if text_column is not None or label_column is not None:
+            raise ConfigError("--text-column and --label-column apply to text tables, not "
+                              "to an image folder.", value=(text_column, label_column),
+                              fix="Leave them out for an image folder.")
         return _augment_images(policy, src, out, copies=copies, seed=seed, progress=progress)
     if policy.modality != "text":
         raise DataError("A text table needs a text policy.", value=policy.modality,
                         fix='Use a policy with "modality": "text".')
-    return _augment_texts(policy, src, out, copies=copies, seed=seed)
+    return _augment_texts(policy, src, out, copies=copies, seed=seed, text_column=text_column,
+                          label_column=label_column)
 
 
-def _image_files(src: Path) -> list[tuple[str, Path]]:
+def _skip(skipped: list[str], what: str, reason: str) -> None:
+    log.warning("skipped %s: %s", what, reason)
+    skipped.append(f"{what}: {reason}")
+
+
+def _image_files(src: Path, skipped: list[str]) -> list[tuple[str, Path]]:
+    class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = []
-    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((folder.name, f))
+    for folder in class_dirs:
+        found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS
+                       and not f.name.startswith(".") and f.is_file())
+        if not found:
+            _skip(skipped, f"class folder {folder}",
+                  f"holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+        files.extend((folder.name, f) for f in found)
     if not files:
         raise DataError(f"No images found in class sub-folders of {src}.",
                         fix="Lay the folder out as IN/<class>/<image>.png.")
@@ -56,7 +103,8 @@ def _image_files(src: Path) -> list[tuple[str, Path]]:
 
 def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: int,
                     progress: bool) -> dict[str, Any]:
-    files = _image_files(src)
+    skipped: list[str] = []
+    files = _image_files(src, skipped)
     iterator: Any = files
     if progress:
         from tqdm.auto import tqdm
@@ -65,9 +113,11 @@ def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: 
     originals, augmented, labels, preview = [], [], [], []
     classes = sorted({c for c, _ in files})
     for i, (cls, path) in enumerate(iterator):
-        with Image.open(path) as im:
-            mode = "L" if im.mode in ("L", "I;16", "I", "1") else "RGB"
-            arr = np.asarray(im.convert(mode))
+        try:
+            arr = np.asarray(read_image(path))
+        except UnreadableImageError as err:
+            _skip(skipped, str(path), err.reason)
+            continue
         arr3 = arr[..., None] if arr.ndim == 2 else arr
         batch = np.repeat(arr3[None], copies, axis=0)
         aug = apply_policy(policy, batch, seed=seed * 1_000_003 + i)
@@ -80,12 +130,16 @@ def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: 
         labels.extend([classes.index(cls)] * copies)
         if len(preview) < 8:
             preview.append(np.concatenate([arr3[None], aug[: min(copies, 7)]]))
-    summary: dict[str, Any] = {"kind": "images", "inputs": len(files),
-                               "written": len(files) * copies, "out": str(out)}
+    if not originals:
+        raise DataError(f"No readable image in {src} ({len(skipped)} skipped).", value=str(src),
+                        fix="Replace the damaged files (see the warnings above).")
+    summary: dict[str, Any] = {"kind": "images", "inputs": len(originals),
+                               "written": len(originals) * copies, "out": str(out),
+                               "skipped": skipped}
     shapes = {o.shape[1:] for o in originals}
     if len(shapes) == 1:
         report = distribution_shift(np.concatenate(originals), np.concatenate(augmented),
-                                    np.asarray(labels))
+                                    np.asarray(labels), class_names=classes)
         summary["shift"] = report
         summary["shift-text"] = format_shift_report(report)
         rows = np.concatenate(preview)
@@ -96,21 +150,25 @@ def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: 
         atomic_write_bytes(out / "preview.png", buf.getvalue())
         summary["preview"] = str(out / "preview.png")
     else:
-        summary["shift-text"] = "distribution shift not measured: images differ in size"
+        summary["shift-text"] = ("distribution shift not measured: images differ in size "
+                                 "or colour mode")
     return summary
 
 
-def _augment_texts(policy: Policy, src: Path, out: Path, *, copies: int, seed: int
+def _augment_texts(policy: Policy, src: Path, out: Path, *, copies: int, seed: int,
+                   text_column: int | str | None, label_column: int | str | None
                    ) -> dict[str, Any]:
-    data = load_text_table(src)
-    delim = "," if src.suffix.lower() == ".csv" else "\t"
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=delim, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    for k in range(copies):
-        texts = apply_text_policy(policy, data.texts, seed=seed * 1_000_003 + k)
-        for text, y in zip(texts, data.labels, strict=True):
-            writer.writerow([data.class_names[y], text])
+    require_wordnet_for(policy)  # before any work, whatever the draws would pick
+    table = read_text_table(src, text_column=text_column, label_column=label_column)
+    table.dataset()  # the labels must be classes (names or whole numbers)
     target = out if out.suffix else out / src.name
-    atomic_write_text(target, buf.getvalue())
-    return {"kind": "texts", "inputs": len(data), "written": len(data) * copies,
-            "out": str(target)}
+    if target.resolve() == src.resolve():
+        raise ConfigError("The output would overwrite the input table.", value=str(target),
+                          fix="Pass another --out file.")
+    rows: list[tuple[str, ...]] = []
+    for k in range(copies):
+        texts = apply_text_policy(policy, table.texts, seed=seed * 1_000_003 + k)
+        rows.extend(table.with_texts(texts))
+    atomic_write_text(target, table.format(rows))
+    return {"kind": "texts", "inputs": len(table.rows), "written": len(rows),
+            "out": str(target), "skipped": list(table.skipped)}

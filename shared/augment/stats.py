@@ -23,7 +23,7 @@ brightness in (0.1, 3.0) at p=0.5 gives ks 0.23, chi2 0.15, and Gaussian noise w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,7 @@ def distribution_shift(
     *,
     bins: int = 32,
     thresholds: Mapping[str, float] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compare intensity distributions of original and augmented images, per class.
 
@@ -95,13 +96,17 @@ def distribution_shift(
     thresholds : mapping, optional
         Overrides of :data:`DEFAULT_THRESHOLDS` (keys ``ks``, ``chi2``, ``mean_delta``,
         ``std_delta``).
+    class_names : sequence of str, optional
+        Name of each class (``class_names[label]``), e.g. the folder names or a data set's
+        ``class_names``; the report and its problems use them instead of ``class 0``.
 
     Returns
     -------
     dict
         ``{"ok": bool, "thresholds": {...}, "overall": stats, "per_class": {label: stats},
-        "problems": [str, ...]}`` where each stats dict holds ``n``, ``ks``, ``chi2``,
-        ``mean_delta``, ``std_delta`` and ``ok``; ``problems`` names every exceeded limit.
+        "class_names": {label: name}, "problems": [str, ...]}`` where each stats dict holds
+        ``n``, ``ks``, ``chi2``, ``mean_delta``, ``std_delta`` and ``ok``; ``problems``
+        names every exceeded limit.
     """
     orig = _as_uint8(original, "original")
     aug = _as_uint8(augmented, "augmented")
@@ -127,6 +132,7 @@ def distribution_shift(
                 f"unknown threshold {key!r}.", value=key, fix=f"Use keys among {sorted(limits)}."
             )
         limits[key] = float(value)
+    names = _class_names(np.unique(lab), class_names)
     problems: list[str] = []
 
     def judge(name: str, stats: dict[str, float]) -> dict[str, Any]:
@@ -141,31 +147,66 @@ def distribution_shift(
     per_class = {}
     for c in np.unique(lab):
         mask = lab == c
-        per_class[int(c)] = judge(f"class {int(c)}", _group_stats(orig[mask], aug[mask], bins))
+        per_class[int(c)] = judge(names[int(c)], _group_stats(orig[mask], aug[mask], bins))
     ok = overall["ok"] and all(s["ok"] for s in per_class.values())
     return {
         "ok": ok,
         "thresholds": limits,
         "overall": overall,
         "per_class": per_class,
+        "class_names": names,
         "problems": problems,
     }
 
 
-def format_shift_report(report: Mapping[str, Any]) -> str:
-    """A small text table of a :func:`distribution_shift` report."""
+def _class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> dict[int, str]:
+    """``{label: name}``: the given name of each label, else ``class <label>``."""
+    if class_names is not None and (
+        isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)
+    ):
+        raise DataError("class_names must be a sequence of str.", value=class_names,
+                        fix='Pass e.g. ("normal", "pneumonia"), or leave it out.')
+    given = list(class_names or ())
+    if given and labels.size and int(labels.max()) >= len(given):
+        raise DataError(
+            f"labels go up to {int(labels.max())} but only {len(given)} class names were given.",
+            value=given,
+            fix="Pass one name per class (the data set's class_names).",
+        )
+    return {int(c): given[int(c)] if given and c >= 0 else f"class {int(c)}" for c in labels}
+
+
+def format_shift_report(
+    report: Mapping[str, Any], class_names: Sequence[str] | None = None
+) -> str:
+    """A small text table of a :func:`distribution_shift` report, one row per class.
+
+    Parameters
+    ----------
+    report : mapping
+        What :func:`distribution_shift` returned.
+    class_names : sequence of str, optional
+        Name of each class; default the names in the report, else ``class <label>``.
+    """
     limits = report["thresholds"]
+    if class_names is not None:
+        names = _class_names(np.asarray(list(report["per_class"]), dtype=np.int64),
+                             class_names)
+    else:
+        names = {int(c): str(n) for c, n in dict(report.get("class_names") or {}).items()}
+    groups = [("overall", report["overall"])]
+    groups += [(names.get(int(c), f"class {c}"), s) for c, s in report["per_class"].items()]
+    width = min(max(10, *(len(name) + 2 for name, _ in groups)), 32)
     lines = [
         f"distribution shift: {'OK' if report['ok'] else 'TOO LARGE'} "
         f"(limits: ks {limits['ks']:g}, chi2 {limits['chi2']:g}, "
         f"|mean delta| {limits['mean_delta']:g}, |std delta| {limits['std_delta']:g})",
-        f"{'group':<10}{'n':>8}{'ks':>9}{'chi2':>9}{'mean d':>9}{'std d':>9}  ok",
+        f"{'group':<{width}}{'n':>8}{'ks':>9}{'chi2':>9}{'mean d':>9}{'std d':>9}  ok",
     ]
-    groups = [("overall", report["overall"])]
-    groups += [(f"class {c}", s) for c, s in report["per_class"].items()]
     for name, s in groups:
+        shown = name if len(name) < width else name[: width - 4] + "..."
         lines.append(
-            f"{name:<10}{s['n']:>8}{s['ks']:>9.4f}{s['chi2']:>9.4f}"
+            f"{shown:<{width}}{s['n']:>8}{s['ks']:>9.4f}{s['chi2']:>9.4f}"
             f"{s['mean_delta']:>+9.4f}{s['std_delta']:>+9.4f}  {'yes' if s['ok'] else 'NO'}"
         )
     lines += [f"  - {p}" for p in report["problems"]]
