@@ -45,7 +45,7 @@ def score_candidates(
     example of each class kept for training) is drawn from ``seed``; every candidate trains
     :func:`fedaug.evaluate.classifier.train_classifier` on the same train part with the
     same initialisation, batch order and augmentation stream, so scores differ only by the
-    policy. Six candidates on 300 8x8 digits take about 3 s on one (shared) CPU core.
+    policy.
 
     Parameters
     ----------

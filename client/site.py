@@ -94,9 +94,9 @@ def resolve_site(node_config: dict[str, Any], run: RunConfig) -> SiteContext:
 
 
 @lru_cache(maxsize=4)
-def _partitions(source: str, size: int | None, num_sites: int, scheme: str, alpha: float,
-                seed: int) -> tuple[ImageDataset, tuple[np.ndarray, ...]]:
-    full = load_image_source(source, split="train", size=size, seed=seed)
+def _partitions(source: str, labels: str, size: int | None, num_sites: int, scheme: str,
+                alpha: float, seed: int) -> tuple[ImageDataset, tuple[np.ndarray, ...]]:
+    full = load_image_source(source, split="train", size=size, seed=seed, labels=labels)
     parts = partition(full.labels, num_sites, scheme=scheme, alpha=alpha, seed=seed)
     return full, tuple(parts)
 
@@ -109,9 +109,9 @@ def load_site_data(site: SiteContext, run: RunConfig) -> ImageDataset:
     """
     if site.partition_id is None:
         return load_image_source(site.data, split="train", size=run.image_size or None,
-                                 seed=run.seed)
-    full, parts = _partitions(site.data, run.image_size or None, int(site.num_partitions or 1),
-                              run.partition, run.alpha, run.seed)
+                                 seed=run.seed, labels=site.labels)
+    full, parts = _partitions(site.data, site.labels, run.image_size or None,
+                              int(site.num_partitions or 1), run.partition, run.alpha, run.seed)
     return full.subset(parts[site.partition_id])
 
 

@@ -66,7 +66,7 @@ def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ..
     else:
         try:
             data = load_image_source(run.data, split="train", size=run.image_size or None,
-                                     seed=run.seed)
+                                     seed=run.seed, labels=run.labels)
         except FedaugError as err:
             raise ConfigError(
                 "The server could not work out the image size, channels and classes.",

@@ -18,14 +18,17 @@ __all__ = ["write_global", "keep_round_checkpoint", "save_server_state",
            "load_server_state", "holds_a_run", "MODEL_CARD", "STATE_FILE"]
 
 STATE_FILE = "server-state.pt"
+POLICY_FILE = "policy.json"
 
 
 def write_global(folder: str | Path, arrays: ArrayRecord, *, gen_config: GeneratorConfig,
                  card: dict[str, Any]) -> Path:
     """Replace ``folder`` (e.g. ``OUT/global``) in one step with the new model and card.
 
-    The folder loads with ``UNet2DModel.from_pretrained(folder, subfolder="unet")`` and
-    ``DDPMScheduler.from_pretrained(folder, subfolder="scheduler")``.
+    The folder loads with ``FedaugPipeline.from_pretrained(folder)``, or its parts with
+    ``UNet2DModel.from_pretrained(folder, subfolder="unet")`` and
+    ``DDPMScheduler.from_pretrained(folder, subfolder="scheduler")``; ``policy.json`` beside
+    them is the global augmentation policy.
     """
     unet = build_unet(gen_config)
     unet.load_state_dict(arrays.to_torch_state_dict())
@@ -37,6 +40,9 @@ def write_global(folder: str | Path, arrays: ArrayRecord, *, gen_config: Generat
                 **card, "generator": gen_config.to_dict(),
                 "parameters": int(sum(p.numel() for p in unet.parameters()))}
         (tmp / MODEL_CARD).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+        if "policy" in card:  # the global policy, ready for `fedaug augment --policy`
+            (tmp / POLICY_FILE).write_text(json.dumps(card["policy"], indent=2) + "\n",
+                                           encoding="utf-8")
     return folder
 
 

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--epsilon", type=float, help="epsilon budget per site")
     s.add_argument("--alpha", type=float, help="Dirichlet label-skew concentration")
     s.add_argument("--data", help="'digits' (built-in), a MedMNIST .npz, or an image folder")
+    s.add_argument("--labels", help="CSV of file,label rows when --data is a folder of DICOM "
+                   "files")
     s.add_argument("--out", help="output folder")
     s.add_argument("--seed", type=int, help="run seed (public: data split, model "
                    "initialisation, evaluation; never the privacy noise)")
@@ -49,7 +51,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedaug.simulations.scenario import DEFAULT_SCENARIO, load_scenario
 
     flags = {"num-server-rounds": args.rounds, "epsilon": args.epsilon, "alpha": args.alpha,
-             "data": args.data, "out-dir": args.out, "seed": args.seed,
+             "data": args.data, "labels": args.labels, "out-dir": args.out, "seed": args.seed,
              "resume": True if args.resume else None}
     given = {k: v for k, v in flags.items() if v is not None}
     for item in args.set or []:

@@ -56,9 +56,9 @@ def _audit_into_card(run: RunConfig) -> None:
 
     try:
         train = load_image_source(run.data, split="train", size=run.image_size or None,
-                                  seed=run.seed)
+                                  seed=run.seed, labels=run.labels)
         test = load_image_source(run.data, split="test", size=run.image_size or None,
-                                 seed=run.seed)
+                                 seed=run.seed, labels=run.labels)
     except FedaugError as err:  # e.g. an image folder without a test split
         log.warning("privacy audit skipped: %s", err)
         return

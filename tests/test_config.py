@@ -20,7 +20,9 @@ def test_pyproject_run_config_mirrors_the_defaults():
 
 
 def test_scenarios_are_valid_run_configs():
-    for path in (ROOT / "simulations").glob("*.toml"):
+    paths = sorted((ROOT / "simulations").glob("*.toml"))
+    assert ROOT / "simulations" / "default.toml" in paths  # the test cannot pass on nothing
+    for path in paths:
         budgets = [None, *tomllib.loads(path.read_text()).get("per-epsilon", {})]
         for budget in budgets:  # the file's own epsilon, then each [per-epsilon.<budget>]
             scenario = load_scenario(path, None if budget is None else {"epsilon": budget})

@@ -46,8 +46,8 @@ class GeneratorConfig:
     num_classes : int
         Number of classes; the UNet gets one learned class embedding per class.
     block_out_channels : tuple of int (default: (32, 64))
-        Channels per UNet level; no attention blocks (they cost the most under DP-SGD on CPU
-        and break hook-based per-sample gradients, see DP-NOTES).
+        Channels per UNet level; no attention blocks (they cost the most under DP-SGD on CPU,
+        and Opacus's hook-based per-sample gradients are wrong after diffusers' attention).
     layers_per_block : int (default: 1)
         ResNet layers per level.
     num_train_timesteps : int (default: 1000)

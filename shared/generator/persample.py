@@ -2,12 +2,12 @@
 
 Why not ``vmap(grad(...))`` everywhere: on CPU, vmap runs the backward of GroupNorm and
 SiLU as dozens of small decomposed ops and some convolutions as a per-example loop, which
-made DP-SGD 1.9x a plain step on the default 40k-parameter UNet before any optimizer
-work. Here the network runs forward once on all ``B * K`` rows with forward hooks on every
-layer that owns parameters; ``torch.autograd.grad`` then returns the gradient of the loss
-with respect to each layer's *output* (autograd skips the batched weight gradients, which
-nobody asked for), and each example's parameter gradient is an einsum of the layer's input
-with that output gradient, summed over the example's ``K`` rows:
+costs far more than the batched backward pass (docs/benchmarks.md). Here the network runs
+forward once on all ``B * K`` rows with forward hooks on every layer that owns parameters;
+``torch.autograd.grad`` then returns the gradient of the loss with respect to each layer's
+*output* (autograd skips the batched weight gradients, which nobody asked for), and each
+example's parameter gradient is an einsum of the layer's input with that output gradient,
+summed over the example's ``K`` rows:
 
 * ``Conv2d``: one grouped weight-gradient convolution (examples as groups, their ``K``
   draws as its batch);
@@ -19,14 +19,15 @@ with that output gradient, summed over the example's ``K`` rows:
 Rows are draw-major (row ``j * B + i`` is draw ``j`` of example ``i``), so the ``K`` draws
 are a free view as the grouped convolution's batch; the loss of a row is its mean squared
 error divided by ``K``, so the sum over an example's rows is the gradient of the example's
-K-averaged loss (DP-NOTES trap 2): the sensitivity stays one example.
+K-averaged loss: the sensitivity stays one example, not K (clipping K rows apart would let
+one example move the sum by K times the clipping norm).
 
 This is exact only when rows do not interact in the forward pass (no BatchNorm, no
 attention across the batch) and every parameter lives in one of the four layer types
 above; :class:`PerExampleGrads` refuses any other module that owns parameters, and a test
-checks it against a per-example loop. Our UNet has no attention block, so DP-NOTES
-trap 1 (Opacus hooks after diffusers attention, channels-last strides) cannot arise, and
-the reshapes here copy whatever strides come in.
+checks it against a per-example loop. Our UNet has no attention block, whose channels-last
+outputs break Opacus's hook-based Conv2d grad sampler; the reshapes here copy whatever
+strides come in.
 """
 
 from __future__ import annotations
@@ -140,8 +141,7 @@ class PerExampleGrads:
         ``pad_to`` > 1 pads the batch with all-zero rows to a multiple of it; a padding row's
         clip factor is zero, so it adds nothing (rows never interact, see the class). Poisson
         batches change size every step, and oneDNN builds new convolution kernels for every
-        new shape: on 2 CPU cores that made a 64-example step 1.3-1.5x slower than one of a
-        fixed size; a few padded sizes are reused instead.
+        new shape; a few padded sizes are reused instead.
 
         Returns ``{name: summed clipped gradient (param.shape)}``, the ``(B,)`` K-averaged
         losses and the ``(B,)`` unclipped per-example gradient norms.

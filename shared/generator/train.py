@@ -100,8 +100,8 @@ def noisy_mean_gradient(summed: list[torch.Tensor], *, noise_multiplier: float,
 
 def _adam(params, learning_rate: float) -> torch.optim.Adam:
     """Adam with torch's fused kernel where the device has one (CPU and CUDA): one kernel
-    over all tensors instead of a Python loop over them (1.3 vs 7.9 ms a step on the default
-    105-tensor UNet on this CPU). Same update rule and state dict as the plain loop."""
+    over all tensors instead of a Python loop over them. Same update rule and state dict as
+    the plain loop."""
     params = list(params)
     try:
         return torch.optim.Adam(params, lr=learning_rate, fused=True)
@@ -368,9 +368,8 @@ def train_nondp(
 
     Batches larger than ``chunk`` examples are processed ``chunk`` at a time, their
     gradients accumulated before the one optimizer step, as the DP step does
-    (:meth:`PerExampleGrads.clipped_sum`). In one speed.py run at 28x28 an unchunked pass
-    over 512 examples and K = 2 draws ran at 189 examples/s against 253 for 64-example steps
-    (chunked: 282 in the next run), so an unchunked baseline would flatter DP.
+    (:meth:`PerExampleGrads.clipped_sum`): an unchunked baseline runs slower per example
+    on large batches and would flatter DP in the benchmarks.
     """
     device = next(unet.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -35,12 +35,13 @@ from fedaug.generator import (  # noqa: E402
     build_train_scheduler,
     build_unet,
     load_generator,
-    poisson_sample_rate,
     sample_images,
+    sample_rate_for,
     to_uint8,
     train_dp,
     train_nondp,
 )
+from fedaug.privacy import NoiseSource  # noqa: E402
 from fedaug.simulations.scenario import load_scenario  # noqa: E402
 
 
@@ -85,18 +86,22 @@ def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
     y = torch.from_numpy(data.labels)
     k = run.noise_multiplicity
     before = torch.get_num_threads()
-    configs = [(mode, n) for mode in ("nondp", "dp") for n in threads]
+    # "dp" draws from the secure source (ChaCha20, the default); "dp-os" from torch's
+    # generator seeded from os.urandom: their ratio is what the secure source costs
+    configs = [(mode, n) for mode in ("nondp", "dp") for n in threads] + [("dp-os", 1)]
     rates: dict[str, list[float]] = {}
     try:
         for _ in range(3):
             for mode, n in configs:
                 torch.set_num_threads(n)
                 unet, sched, _ = _model(run, data)
-                if mode == "dp":
-                    q = poisson_sample_rate(len(x), batch)
+                if mode.startswith("dp"):
+                    q = sample_rate_for(len(x), batch)
                     r = train_dp(unet, sched, x, y, steps=steps, sample_rate=q,
                                  noise_multiplier=1.0, max_grad_norm=run.max_grad_norm,
-                                 learning_rate=run.learning_rate, noise_multiplicity=k)
+                                 learning_rate=run.learning_rate, noise_multiplicity=k,
+                                 expected_batch_size=q * len(x),
+                                 noise=NoiseSource(secure=mode == "dp"))
                     rate = r.examples_seen / r.seconds
                 else:
                     r = train_nondp(unet, sched, x, y, steps=steps, batch_size=batch,
@@ -112,6 +117,7 @@ def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
     return {"nondp-examples-per-s": nondp, "dp-examples-per-s": dp, "dp-over-nondp": nondp / dp,
             "nondp-setting": best_nondp, "dp-setting": best_dp,
             "dp-over-nondp-1-core": med["nondp-1-threads"] / med["dp-1-threads"],
+            "secure-noise-cost-1-core": med["dp-os-1-threads"] / med["dp-1-threads"] - 1.0,
             "examples-per-s": med, "noise-multiplicity": k, "batch": batch,
             "image-size": int(data.image_shape[0])}
 
@@ -248,7 +254,8 @@ def bench_scale(run: RunConfig, *, sites: int, selected: int, rounds: int, threa
 def _train_row(label: str, r: dict) -> tuple[str, str, str, str]:
     return (label, f"{r['dp-examples-per-s']:.1f} ex/s ({r['dp-setting'][3:]})",
             f"non-DP {r['nondp-examples-per-s']:.1f} ex/s ({r['nondp-setting'][6:]})",
-            f"{r['dp-over-nondp']:.2f}x slower (1 thread: {r['dp-over-nondp-1-core']:.2f}x)")
+            f"{r['dp-over-nondp']:.2f}x slower (1 thread: {r['dp-over-nondp-1-core']:.2f}x; "
+            f"secure noise {100 * r['secure-noise-cost-1-core']:+.1f}%)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="fewer steps and samples")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    p.add_argument("--training-only", action="store_true",
+                   help="only the DP-vs-non-DP step rows (with the secure noise source's cost)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = RunConfig()
@@ -275,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         scen = pneumonia_scenario_run()
         scenario_step = bench_training(scen, steps=1 if q else 4, batch=scen.batch_size,
                                        data=pneu, threads=tt)
+    if args.training_only:
+        rows = [_train_row(label, r) for label, r in (
+            ("DP-SGD step, 8x8, batch 64", train), (f"  default run, batch {site_batch}",
+                                                    site_train),
+            ("DP-SGD step, 28x28, b 64", pneumonia),
+            ("  quality scenario", scenario_step)) if r is not None]
+        for r in rows:
+            print(f"{r[0]:<26} {r[1]:<24} {r[2]:<28} {r[3]}")
+        return 0
     sampling = bench_sampling(run, train_steps=100 if q else 1500, n=20 if q else 200,
                               ddim_steps=run.sample_steps)
     small = bench_scale(run, sites=10, selected=10, rounds=1, threads=args.threads)

@@ -65,9 +65,9 @@ def test_shape_dtype_and_range_are_kept(channels: int, dtype: str) -> None:
     # Assert
     assert per_image.shape == images.shape and per_image.dtype == images.dtype
     assert tuple(batched.shape) == _nchw(images).shape and batched.dtype == _nchw(images).dtype
-    top = 255 if dtype == "uint8" else 1.0
-    assert per_image.min() >= 0 and per_image.max() <= top
-    assert batched.min() >= 0 and batched.max() <= top
+    if dtype != "uint8":  # a uint8 result is in range by its type; a float one may not be
+        assert per_image.min() >= 0 and per_image.max() <= 1.0
+        assert batched.min() >= 0 and batched.max() <= 1.0
     assert not np.array_equal(per_image, images)
 
 
@@ -274,7 +274,7 @@ def test_opencv_backend_is_deterministic_whatever_the_threads() -> None:
     # Assert
     assert torch.equal(first, split)
     assert not torch.equal(first, other)
-    assert int(first.min()) >= 0 and int(first.max()) <= 255
+    assert first.dtype == torch.uint8 and first.shape == x.shape
     assert empty.shape == (0, 3, 24, 30) and empty.dtype == torch.uint8
 
 

@@ -38,6 +38,9 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     assert card["classes"] == [str(i) for i in range(10)]
     assert card["image-shape"] == [8, 8, 1]
     Policy.from_dict(card["policy"])
+    # the global policy beside the model, ready for `fedaug augment --policy`
+    assert Policy.from_json((out / "global" / "policy.json").read_text()) == \
+        Policy.from_dict(card["policy"])
     assert [s["site"] for s in card["sites"]] == ["site-0", "site-1"]
     for site in card["sites"]:
         assert 0 < site["epsilon"] <= run.epsilon
