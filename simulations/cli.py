@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedaug.errors import ConfigError
 
@@ -69,7 +72,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("--sites must be at least 1.", value=num_sites)
     run = RunConfig.from_mapping(scenario, source=str(args.config or DEFAULT_SCENARIO))
     before = _spent_so_far(Path(run.out_dir), run.delta)
-    strategy = simulate(run, num_sites=num_sites, progress=not args.no_progress)
+    with logging_redirect_tqdm(loggers=[logging.getLogger("fedaug")]):  # bars and lines apart
+        strategy = simulate(run, num_sites=num_sites, progress=not args.no_progress)
     out = Path(run.out_dir)
     print()
     print(f"fedaug simulate finished: {len(strategy.rounds)} round(s), "
@@ -81,8 +85,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  {card['site']:<10} ~{card['num-examples']:>7.0f} examples (noisy count)  "
               f"epsilon {spent:.3f} this run, {card['epsilon']:.3f} of {card['budget']:.2f} "
               f"in total (delta {card['delta']:g})")
-    print(f"  global model : {out / 'global'}  (UNet2DModel.from_pretrained(..., "
-          f"subfolder='unet'))")
+    print(f"  global model : {out / 'global'}  (FedaugPipeline.from_pretrained(...))")
+    print(f"  policy       : {out / 'global' / 'policy.json'}  (fedaug augment --policy ...)")
     print(f"  model card   : {out / 'global' / 'model_card.json'}")
     print(f"  sample grid  : {out / 'sample_grid.png'}")
     print(f"  site ledgers : {out / 'sites'}/<site>/  (fedaug privacy show --state-dir ...)")

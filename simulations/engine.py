@@ -10,6 +10,7 @@ message a site sends can be captured (``capture=``), which the privacy tests use
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from collections.abc import Iterable
@@ -96,7 +97,7 @@ class InProcessGrid(Grid):
         """Run each queued message's site now and return its reply."""
         ids = [i for i in message_ids if i in self._pending]
         bar = None
-        if self._progress and ids:
+        if self._progress and ids and sys.stderr.isatty():  # bars stay out of log files
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(ids), desc="sites", unit="site", leave=False)
