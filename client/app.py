@@ -36,6 +36,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     gen_config = GeneratorConfig.from_flat(cfg)
     policy = Policy.from_json(str(cfg[keys.POLICY]))
     site = resolve_site(dict(context.node_config), run)
+    if site.torch_threads:
+        torch.set_num_threads(site.torch_threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = run_round(
         site=site,
@@ -65,6 +67,8 @@ def handle_warmup(msg: Message, context: Context) -> Message:
     run = RunConfig.from_mapping(context.run_config, source="run config", ignore_unknown=True)
     cfg = msg.content[keys.CONFIG]
     site = resolve_site(dict(context.node_config), run)
+    if site.torch_threads:
+        torch.set_num_threads(site.torch_threads)
     gen_config = GeneratorConfig.from_flat(cfg)
     release = release_class_sums(site=site, run=run,
                                  noise_multiplier=float(cfg[keys.WARMUP_NOISE_MULTIPLIER]),

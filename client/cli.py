@@ -1,5 +1,5 @@
 """``fedaug-client`` (and ``fedaug client``): a hospital's SuperNode with its data, state and
-budget."""
+budget, and its own SuperExec, which runs only the installed fedaug ClientApp."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fedaug-client``: start this hospital's SuperNode."""
-    p = argparse.ArgumentParser(prog="fedaug-client",
-                                description="Start a hospital's SuperNode (fedaug client).")
+    """``fedaug-client``: start this hospital's SuperNode and its SuperExec."""
+    p = argparse.ArgumentParser(
+        prog="fedaug-client",
+        description="Start a hospital's SuperNode (fedaug client) and the site's own "
+        "SuperExec: every ClientApp runs the fedaug installed here, never code from the "
+        "server's app package (see docs/deploy.md).")
     p.add_argument("--superlink", required=True, help="host:port of the aggregation server")
     p.add_argument("--root-cert", help="CA certificate of the server")
     p.add_argument("--key", help="this hospital's private key (OpenSSH ECDSA)")

@@ -53,6 +53,7 @@ class SiteContext:
     registry_dir: Path
     secure_noise: bool = True
     labels: str = ""
+    torch_threads: int = 0
 
     def noise_source(self) -> NoiseSource:
         """A fresh secret source for one mechanism call."""
@@ -78,7 +79,8 @@ def resolve_site(node_config: dict[str, Any], run: RunConfig) -> SiteContext:
                            num_partitions=node.num_partitions or 1,
                            epsilon_budget=node.epsilon_budget or run.epsilon,
                            delta=node.delta or run.delta, registry_dir=registry,
-                           secure_noise=node.secure_noise, labels=run.labels)
+                           secure_noise=node.secure_noise, labels=run.labels,
+                           torch_threads=node.torch_threads)
     state = Path(node.state_dir)
     registry = Path(node.spending_registry) if node.spending_registry else default_registry_dir()
     if registry.resolve() == state.resolve() or state.resolve() in registry.resolve().parents:
@@ -90,7 +92,7 @@ def resolve_site(node_config: dict[str, Any], run: RunConfig) -> SiteContext:
                        data=node.data_path, partition_id=None, num_partitions=None,
                        epsilon_budget=node.epsilon_budget, delta=node.delta,
                        registry_dir=registry, secure_noise=node.secure_noise,
-                       labels=node.labels)
+                       labels=node.labels, torch_threads=node.torch_threads)
 
 
 @lru_cache(maxsize=4)

@@ -2,18 +2,20 @@
 
 The hospital decides everything privacy-relevant itself, in its node config: where its
 data is (``data-path``), where its privacy ledger lives (``state-dir``), its name and its
-own epsilon budget and delta. The server cannot raise them.
+own epsilon budget and delta. The server cannot raise them. The code that spends that
+budget is the fedaug the hospital installed, never code from the server's app package:
+``fedaug-supernode`` starts the SuperNode in ``--isolation process`` together with the
+site's own SuperExec, which runs only the installed ClientApp (:mod:`fedaug.client.runtime`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 from fedaug import keys
+from fedaug.client.runtime import SUPERNODE_COMMAND, supervise
 from fedaug.errors import ConfigError
 
 __all__ = ["DEFAULT_RUNTIME_PORT", "node_config_arg", "supernode_command", "run_client"]
@@ -63,8 +65,12 @@ def supernode_command(*, superlink_address: str, root_cert: str | Path | None,
                       delta: float = 1e-5, insecure: bool = False,
                       runtime_port: int = DEFAULT_RUNTIME_PORT,
                       max_wait_time: float | None = None,
-                      executable: str = "flower-supernode") -> list[str]:
-    """The ``flower-supernode`` command line for one hospital.
+                      executable: str = SUPERNODE_COMMAND) -> list[str]:
+    """The ``fedaug-supernode`` command line for one hospital.
+
+    ``fedaug-supernode`` takes ``flower-supernode``'s arguments and starts two processes:
+    ``flower-supernode ... --isolation process`` and ``fedaug-superexec``, which runs
+    every ClientApp task with ``fedaug-clientapp`` (the installed fedaug ClientApp only).
 
     Parameters
     ----------
@@ -94,8 +100,9 @@ def supernode_command(*, superlink_address: str, root_cert: str | Path | None,
     max_wait_time : float, optional
         Give up after this many seconds without reaching the SuperLink (default: retry
         forever).
-    executable : str (default: "flower-supernode")
-        The program to run.
+    executable : str (default: "fedaug-supernode")
+        The program to run; it must start the site's own SuperExec (a bare
+        ``flower-supernode`` in ``--isolation process`` would run no ClientApp).
     """
     if ":" not in superlink_address or "://" in superlink_address:
         raise ConfigError("The SuperLink address must be host:port without a scheme.",
@@ -132,9 +139,10 @@ def run_client(*, superlink_address: str, root_cert: str | Path | None,
                state_dir: str | Path, site_name: str, epsilon_budget: float,
                delta: float = 1e-5, insecure: bool = False,
                runtime_port: int = DEFAULT_RUNTIME_PORT) -> int:
-    """Run the hospital's SuperNode in the foreground; return its exit code.
+    """Run the hospital's SuperNode and its SuperExec in the foreground (what
+    ``fedaug-supernode`` runs); return the SuperNode's exit code.
 
-    The SuperNode keeps running between runs; stop it with Ctrl-C (SIGINT) or SIGTERM.
+    Both keep running between runs; stop them with Ctrl-C (SIGINT) or SIGTERM.
     """
     if not Path(data_path).exists():
         raise ConfigError("The hospital's data path does not exist.", value=str(data_path),
@@ -144,12 +152,6 @@ def run_client(*, superlink_address: str, root_cert: str | Path | None,
                             state_dir=state_dir, site_name=site_name,
                             epsilon_budget=epsilon_budget, delta=delta, insecure=insecure,
                             runtime_port=runtime_port)
-    if shutil.which(cmd[0]) is None:
-        raise ConfigError("flower-supernode was not found on PATH.", value=cmd[0],
-                          fix="Install fedaug (`pip install -e .`), which installs flwr.")
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     log.info("Starting: %s", " ".join(cmd))
-    try:
-        return subprocess.run(cmd, check=False).returncode
-    except KeyboardInterrupt:
-        return 130
+    return supervise(cmd[1:])

@@ -51,6 +51,8 @@ def main(grid: Grid, context: Context) -> None:
     """Flower entry point of a deployment and of ``flwr run .``."""
     ensure_logging()
     run = RunConfig.from_mapping(context.run_config, source="run config")
+    if run.server_threads:
+        torch.set_num_threads(run.server_threads)
     run_server(grid, run, wait_for_sites_s=run.wait_for_sites_s)
 
 

@@ -256,6 +256,9 @@ class RunConfig(_Settings):
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
+    server_threads: int = _opt(0, "torch threads of a deployed ServerApp (0 = torch's "
+                               "default; 1 where it shares the machine with other processes)",
+                               lo=0, hi=1024)
     sample_steps: int = _opt(DEFAULT_SAMPLE_STEPS, "DDIM steps when sampling", lo=1, hi=1000)
     samples_per_class: int = _opt(10, "samples per class in the grid written after the run",
                                   lo=1, hi=1000)
@@ -330,6 +333,9 @@ class NodeConfig(_Settings):
     secure_noise: bool = _opt(True, "draw every privacy mechanism's randomness from ChaCha20 "
                               "keyed by the OS entropy pool (false: torch's generator seeded "
                               "from it)")
+    torch_threads: int = _opt(0, "torch threads of this site's ClientApp (0 = torch's "
+                              "default; 1 where several processes share the machine's cores)",
+                              lo=0, hi=1024)
     partition_id: int = _opt(-1, "simulated partition (set by the simulation)", lo=-1)
     num_partitions: int = _opt(0, "simulated partitions (set by the simulation)", lo=0)
 
