@@ -103,16 +103,16 @@ class NoiseSource:
         if self._stream is None:
             z = torch.randn(n, generator=self._torch, dtype=torch.float64)
         else:  # sum of 4 standard normals / 2: still N(0, 1), hides the float pattern
-            z = torch.from_numpy(self._standard_normal(4 * n).reshape(4, n).sum(0) / 2.0)
+            z = self._standard_normal(4 * n).view(4, n).sum(0) / 2.0
         return (z * std).to(device=device, dtype=dtype).reshape(shape)
 
-    def _standard_normal(self, n: int) -> np.ndarray:
-        """Box-Muller on the key stream, float64."""
+    def _standard_normal(self, n: int) -> torch.Tensor:
+        """Box-Muller on the key stream, float64 (torch's vectorised log, sin and cos)."""
         pairs = (n + 1) // 2
-        u = self.uniform(2 * pairs).reshape(2, pairs)
-        radius = np.sqrt(-2.0 * np.log1p(-u[0]))  # 1 - u in (0, 1]: log is finite
+        u = torch.from_numpy(self.uniform(2 * pairs).reshape(2, pairs))
+        radius = torch.sqrt(-2.0 * torch.log1p(-u[0]))  # 1 - u in (0, 1]: log is finite
         angle = _TWO_PI * u[1]
-        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+        return torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:n]
 
     def choice(self, probabilities: np.ndarray) -> int:
         """An index drawn with the given probabilities (inverse CDF on one uniform)."""
