@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedaug.errors import run_command
+from fedaug.errors import ConfigError, run_command
 from fedaug.logs import setup_logging
 from fedaug.server.certs import CertPaths, make_dev_certificates, make_node_keys
-from fedaug.server.superlink import DEFAULT_PORT, serve
+from fedaug.server.superlink import DEFAULT_PORT, add_connection, serve
 
 __all__ = ["main", "register"]
 
@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("node-key", help="write a hospital's key pair NAME and NAME.pub")
     p.add_argument("folder")
     p.add_argument("name")
+    p = sub.add_parser("connect", help="add a SuperLink connection to the flwr CLI's config "
+                       "(keeps its default connection)")
+    p.add_argument("name", help="connection name, e.g. hospitals")
+    p.add_argument("--address", required=True, help="host:port of the SuperLink")
+    p.add_argument("--root-cert", help="the CA certificate (omit only with --insecure)")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (local test only)")
     p = sub.add_parser("serve", help="run the SuperLink (TLS + hospital authentication)")
     p.add_argument("--state-dir", required=True)
     p.add_argument("--certs", help="folder with ca.crt, server.pem, server.key")
@@ -64,6 +70,14 @@ def _run_cli(args: argparse.Namespace) -> int:
         keys = make_node_keys(args.folder, args.name)
         print(f"private key {keys.private_key} (keep at the hospital)\n"
               f"public key {keys.public_key} (register at the server)")
+        return 0
+    if args.cmd == "connect":
+        if not args.insecure and not args.root_cert:
+            raise ConfigError("A connection needs the server's CA certificate.",
+                              fix="Pass --root-cert ca.crt (or --insecure for a local test).")
+        path = add_connection(args.name, address=args.address,
+                              root_cert=None if args.insecure else args.root_cert)
+        print(f"connection {args.name!r} -> {args.address} in {path}")
         return 0
     certs = None
     if args.certs:

@@ -14,13 +14,15 @@ import os
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedaug.errors import ConfigError
 from fedaug.server.certs import CertPaths
 
-__all__ = ["DEFAULT_PORT", "STATE_DB", "superlink_command", "serve", "register_node_command",
-           "add_connection"]
+__all__ = ["DEFAULT_PORT", "STATE_DB", "superlink_command", "serve", "database_lock",
+           "register_node_command", "add_connection"]
 
 log = logging.getLogger("fedaug.deploy")
 
@@ -112,11 +114,47 @@ def serve(*, state_dir: str | Path, certs: CertPaths | None, insecure: bool = Fa
         raise ConfigError("flower-superlink was not found on PATH.", value=cmd[0],
                           fix="Install fedaug (`pip install -e .`), which installs flwr.")
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    log.info("Starting: %s", " ".join(cmd))
+    with database_lock(state_dir):
+        log.info("Starting: %s", " ".join(cmd))
+        try:
+            return subprocess.run(cmd, check=False).returncode
+        except KeyboardInterrupt:
+            return 130
+
+
+LOCK_FILE = "superlink.lock"
+
+
+@contextmanager
+def database_lock(state_dir: str | Path) -> Iterator[None]:
+    """Hold ``state_dir/superlink.lock`` while a SuperLink uses the folder's database.
+
+    Flower lets two SuperLinks share one SQLite database without a word, and under load
+    SQLite's "database is locked" then crashes runs. The lock refuses a second SuperLink on
+    the same state folder (an flock, released by the OS when the process dies).
+    """
+    import fcntl
+
+    path = Path(state_dir) / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
     try:
-        return subprocess.run(cmd, check=False).returncode
-    except KeyboardInterrupt:
-        return 130
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(
+                f"Another SuperLink ({holder}) already uses the state folder {state_dir}.",
+                value=str(path), fix="Stop it first, or give this SuperLink its own "
+                "--state-dir: two SuperLinks on one database corrupt each other's runs."
+            ) from err
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def register_node_command(public_key: str | Path, *, connection: str,

@@ -84,3 +84,17 @@ def test_reply_checks_name_the_reason(reply, reason):
         assert problem is None and policy is not None
     else:
         assert problem is not None and __import__("re").search(reason, problem), problem
+
+
+def test_a_second_superlink_on_one_state_folder_is_refused(tmp_path):
+    # Prepare
+    from fedaug.errors import ConfigError
+    from fedaug.server.superlink import database_lock
+
+    # Execute / Assert: the lock is held for the first; the second is refused; then free
+    with database_lock(tmp_path):
+        with pytest.raises(ConfigError, match="already uses the state folder"):
+            with database_lock(tmp_path):
+                pass
+    with database_lock(tmp_path):
+        pass
