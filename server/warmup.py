@@ -4,6 +4,7 @@ pretraining of the generator on them (post-processing of DP releases: no further
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,16 @@ def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, mean
         noise = torch.randn(out.shape, generator=gen) * (jitter / 2)
         return (out + noise).clamp(0, 1)
 
-    outcome = train_nondp(unet, scheduler, x, y, steps=steps, batch_size=128,
-                          learning_rate=2e-3, augment=jittered, seed=seed)
+    bar = None
+    if sys.stderr.isatty():  # bars stay out of log files
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="warm start", unit="step", leave=False)
+    try:
+        outcome = train_nondp(unet, scheduler, x, y, steps=steps, batch_size=128,
+                              learning_rate=2e-3, augment=jittered, seed=seed,
+                              progress=None if bar is None else (lambda i, loss: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
     return outcome.loss

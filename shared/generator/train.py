@@ -363,6 +363,7 @@ def train_nondp(
     augment: Augment | None = None,
     seed: int = 0,
     chunk: int = 256,
+    progress: Callable[[int, float], None] | None = None,
 ) -> TrainOutcome:
     """The same objective without privacy (a baseline for benchmarks; never used by sites).
 
@@ -379,7 +380,7 @@ def train_nondp(
     n = images.shape[0]
     unet.train()
     loss_sum, t0 = 0.0, time.perf_counter()
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, n, (batch_size,), generator=gen, device=device)
         xb, yb = images[idx].to(device), labels[idx].to(device)
         b, k = xb.shape[0], noise_multiplicity
@@ -395,5 +396,7 @@ def train_nondp(
             (loss * (x0[part].shape[0] / (b * k))).backward()
             loss_sum += loss.item() * x0[part].shape[0] / (b * k)
         optimizer.step()
+        if progress is not None:
+            progress(step + 1, loss_sum / (step + 1))
     return TrainOutcome(steps=steps, loss=loss_sum / max(steps, 1),
                         seconds=time.perf_counter() - t0, examples_seen=steps * batch_size)
