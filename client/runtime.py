@@ -14,8 +14,8 @@ SuperNode therefore runs three processes of its own instead of Flower's defaults
     Flower's SuperExec, connected to the SuperNode's Runtime API, that takes only
     ClientApp tasks and starts ``fedaug-clientapp`` for each instead of ``flwr-clientapp``.
 ``fedaug-clientapp`` (:func:`clientapp_main`)
-    Imports ``fedaug.client.app`` from the installed package before any FAB exists on
-    this machine, then runs Flower's ``flwr-clientapp`` with its app loader replaced: the
+    Imports ``fedaug.client.app`` from the installed package before any FAB is on
+    ``sys.path`` (so no FAB file can shadow it), then runs Flower's ``flwr-clientapp`` with its app loader replaced: the
     FAB is still installed (its files are never imported), its ``clientapp`` component
     must be :data:`EXPECTED_COMPONENT` (anything else gets an error reply that names it),
     and the installed ClientApp object is what runs. Runtime dependency installation is
