@@ -167,7 +167,8 @@ class FedAugStrategy(FedAvg):
         server_round += self.round_offset
         self._t0 = time.perf_counter()
         self._current = arrays
-        if self.ended:
+        if self.ended:  # Flower still calls every planned round: ask nobody
+            self._chosen, self._selected = [], 0
             return []
         eligible = self._eligible(grid)
         if len(eligible) < self.min_sites:
@@ -212,6 +213,8 @@ class FedAugStrategy(FedAvg):
         """Check each reply alone, exclude bad ones with a log line, aggregate the rest."""
         server_round += self.round_offset
         replies = list(replies)
+        if self.ended and not self._chosen and not replies:
+            return None, None  # a round after the run ended: nothing was asked
         summary = RoundSummary(server_round, self._selected, len(replies), 0,
                                bytes_down_per_site=self._bytes_down)
         up = [record_nbytes(m.content[keys.ARRAYS]) for m in replies

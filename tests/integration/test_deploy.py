@@ -114,7 +114,7 @@ def test_supernode_command_has_tls_key_port_and_node_config(tmp_path):
                             state_dir=tmp_path / "sa", site_name="hospital-a",
                             epsilon_budget=8.0, delta=1e-5, runtime_port=9200)
     # Assert
-    assert cmd[:3] == ["flower-supernode", "--superlink", "127.0.0.1:9123"]
+    assert cmd[:3] == ["fedaug-supernode", "--superlink", "127.0.0.1:9123"]
     assert cmd[cmd.index("--root-certificates") + 1] == str(certs.ca_cert)
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(keys.private_key)
     assert cmd[cmd.index("--port") + 1] == "9200"
@@ -360,12 +360,14 @@ def _site_cmd(fed: Federation, name: str, key: Path, data: Path, port: int) -> l
 def federation(tmp_path_factory):
     """SuperLink + hospital-a + hospital-b (registered) + a rogue SuperNode (not
     registered); one two-round run of the tiny config, submitted with `flwr run`."""
-    missing = [exe for exe in ("flower-superlink", "flower-supernode", "flwr")
+    missing = [exe for exe in ("flower-superlink", "flower-supernode", "flwr",
+                               "fedaug-supernode", "fedaug-superexec", "fedaug-clientapp")
                if shutil.which(exe) is None]
     if missing:
         pytest.skip(f"Flower executables not on PATH: {missing} (pip install -e .)")
     root = tmp_path_factory.mktemp("deploy")
-    env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"), "HOME": str(root / "home"),
+           "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
     link_port, *site_ports = _free_ports(4)
     fed = Federation(root=root, env=env, connection="fedaug-test",

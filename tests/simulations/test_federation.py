@@ -287,3 +287,26 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     assert again.rounds == []
     assert len(PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0",
                              delta=run.delta).entries) == before
+
+
+def test_a_round_below_min_sites_is_not_aggregated_and_the_run_says_why(tmp_path):
+    # Prepare: three sites, min-sites 3; site-2 crashes in every training round
+    run = _run(tmp_path, **{"min-sites": 3, "num-server-rounds": 2})
+
+    def break_one(grid):
+        honest = grid._app
+
+        def app(msg, ctx):
+            if ctx.node_config["partition-id"] == 2 and msg.metadata.message_type == "train":
+                raise RuntimeError("site-2 lost its disk")
+            return honest(msg, ctx)
+
+        grid._app = app
+
+    # Execute
+    strategy = simulate(run, num_sites=3, progress=False, grid_hook=break_one, audit=False)
+
+    # Assert: nothing published from two sites, and the reason names the missing site
+    assert [r.aggregated for r in strategy.rounds] == [0]
+    assert "fewer than min-sites=3" in strategy.ended and "site-2" in strategy.ended
+    assert not (tmp_path / "out" / "global").exists()
