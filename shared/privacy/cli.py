@@ -33,11 +33,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"site {summary['site']}  accountant {summary['mechanism']}  delta "
           f"{summary['delta']:g}  epsilon {summary['epsilon']:.4f}"
-          + (f" of budget {budget:g}" if budget else ""))
-    print(f"{'run':<32} {'round':>5} {'mechanism':>11} {'steps':>6} {'sigma':>8} {'q':>8} "
+          + (f" of budget {budget:g} (its last plan's; the node config decides)"
+             if budget else ""))
+    print(f"{'run':<32} {'round':>5} {'release':>14} {'steps':>6} {'sigma':>8} {'q':>8} "
           f"{'cum. eps':>9}")
     for e in summary["entries"]:
-        print(f"{e['run']:<32} {e['round']:>5} {e['mechanism']:>11} {e['steps']:>6} "
+        kind = e.get("release") or e["mechanism"]
+        print(f"{e['run']:<32} {e['round']:>5} {kind:>14} {e['steps']:>6} "
               f"{e['noise-multiplier']:>8.3f} {e['sample-rate']:>8.4f} {e['epsilon']:>9.4f}")
     return 0
 
