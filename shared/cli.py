@@ -47,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging(-1 if args.quiet else args.verbose)
-    if getattr(args, "passthrough", False):
-        return run_command(lambda: args.func(rest), prog=f"fedaug {args.command}")
-    return run_command(lambda: args.func(args), prog="fedaug")
+    try:
+        if getattr(args, "passthrough", False):
+            return run_command(lambda: args.func(rest), prog=f"fedaug {args.command}")
+        return run_command(lambda: args.func(args), prog="fedaug")
+    except BrokenPipeError:  # `fedaug ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
