@@ -130,7 +130,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
     plan = plan_round(site, ledger, planner, settings, count=count, run_id=run_id,
                       server_round=server_round, num_rounds=num_rounds)
     metrics_base: dict[str, float | int] = {
-        keys.NUM_EXAMPLES: count,
+        keys.NUM_EXAMPLES: max(count, 1.0),  # a tiny site's noisy count can fall below 1
         keys.DELTA: site.delta,
         keys.BUDGET: site.epsilon_budget,
         keys.NOISE_MULTIPLIER: plan.noise_multiplier,
