@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def _augment_images(policy: Policy, src: Path, out: Path, *, copies: int, seed: 
     skipped: list[str] = []
     files = _image_files(src, skipped)
     iterator: Any = files
-    if progress:
+    if progress and sys.stderr.isatty():  # bars stay out of log files
         from tqdm.auto import tqdm
 
         iterator = tqdm(files, desc="augment", unit="image")
@@ -166,7 +167,12 @@ def _augment_texts(policy: Policy, src: Path, out: Path, *, copies: int, seed: i
         raise ConfigError("The output would overwrite the input table.", value=str(target),
                           fix="Pass another --out file.")
     rows: list[tuple[str, ...]] = []
-    for k in range(copies):
+    copies_iter: Any = range(copies)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        copies_iter = tqdm(copies_iter, desc=f"augment {len(table.rows)} texts", unit="copy")
+    for k in copies_iter:
         texts = apply_text_policy(policy, table.texts, seed=seed * 1_000_003 + k)
         rows.extend(table.with_texts(texts))
     atomic_write_text(target, table.format(rows))
