@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def _audit_into_card(run: RunConfig) -> None:
         log.warning("privacy audit skipped: %s", err)
         return
     result = privacy_audit(Path(run.out_dir) / "global", train, test, steps=run.sample_steps,
-                           seed=run.seed, num_samples=min(500, 50 * train.num_classes))
+                           seed=run.seed, num_samples=min(500, 50 * train.num_classes),
+                           progress=sys.stderr.isatty())
     update_model_card(Path(run.out_dir) / "global", {"privacy-audit": result})
     log.info("privacy audit: memorization rate %.3f, membership-inference AUC %.3f",
              result["memorization-rate"], result["membership-inference-auc"])
