@@ -53,12 +53,55 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
     au = sub.add_parser("audit", help="privacy audit of a global generator",
                         description="Memorization rate (distance to closest training record vs "
                         "to held-out records) and a loss-threshold membership-inference attack "
-                        "on the diffusion loss (AUC; 0.5 means no leakage).")
-    au.add_argument("--model", required=True, help="global model folder")
-    au.add_argument("--data", required=True, help="the training data source (with a test split)")
+                        "on the diffusion loss (AUC; 0.5 means no leakage). With --dp: an "
+                        "empirical lower bound on a site's epsilon from one DP training run "
+                        "with canaries (docs/audit.md); exit status 1 when it exceeds the "
+                        "accounted epsilon, i.e. the mechanism is broken.")
+    au.add_argument("--model", help="global model folder (required without --dp; with --dp "
+                    "the model the site trains from, default the run config's initial model)")
+    au.add_argument("--data", help="the training data source (with a test split; required "
+                    "without --dp; with --dp the site's data, default the run config's)")
     au.add_argument("--num-samples", type=int, default=500)
     au.add_argument("--seed", type=int, default=0)
     au.add_argument("--write-card", action="store_true", help="store the result in the model card")
+    dp = au.add_argument_group("empirical DP audit (--dp)")
+    dp.add_argument("--dp", action="store_true",
+                    help="audit a site's DP-SGD run with canaries (one-run method of Steinke, "
+                    "Nasr & Jagielski 2023) instead of the membership-inference audit")
+    dp.add_argument("--config", help="scenario TOML whose [fedaug] table is the run config "
+                    "(e.g. simulations/default.toml)")
+    dp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="run-config override (repeatable)")
+    dp.add_argument("--site", type=int, help="audit this simulated site's partition "
+                    "(default: the whole data source is the site's data)")
+    dp.add_argument("--num-sites", type=int, help="sites of the partition (default: the "
+                    "scenario's num-sites)")
+    dp.add_argument("--max-records", type=int, help="keep the site's first N records")
+    dp.add_argument("--epsilon", type=float, help="budget the site plans sigma for (default: "
+                    "the run config's)")
+    dp.add_argument("--delta", type=float, help="the site's delta (default: the run config's)")
+    dp.add_argument("--rounds", type=int, help="rounds the site plans for (default: the run "
+                    "config's num-server-rounds)")
+    dp.add_argument("--noise-multiplier", type=float, help="explicit sigma instead of planning")
+    dp.add_argument("--sample-rate", type=float, help="explicit Poisson rate q")
+    dp.add_argument("--steps", type=int, help="explicit total DP-SGD steps")
+    dp.add_argument("--canaries", choices=("gradient", "input"), default="gradient",
+                    help="white-box gradient canaries (audits the implementation, default) or "
+                    "input-space canaries scored on the trained model")
+    dp.add_argument("--input-canary", choices=("mislabelled", "noise"), default="mislabelled",
+                    help="kind of input-space canary (mislabelled)")
+    dp.add_argument("--num-canaries", type=int,
+                    help="canaries per run (1000 gradient, 200 input)")
+    dp.add_argument("--runs", type=int, default=1,
+                    help="independent runs whose canaries are pooled (1)")
+    dp.add_argument("--canary-norm", type=float,
+                    help="gradient canary norm before clipping (100 x the clipping norm)")
+    dp.add_argument("--guesses", metavar="K[,K...]",
+                    help="guess counts k (k in, k out) tested, fixed before the run "
+                    "(default 10, 20, 50, ... and m/2)")
+    dp.add_argument("--confidence", type=float, default=0.95,
+                    help="confidence of the lower bound (0.95)")
+    dp.add_argument("--out", help="folder for dp-audit.json, dp-audit.png and the raw scores")
     au.set_defaults(func=_cmd_audit)
 
 
@@ -107,9 +150,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    if args.dp:
+        from fedaug.evaluate.dp_audit import run_dp_audit_command
+
+        return run_dp_audit_command(args)
+    from fedaug.errors import ConfigError
     from fedaug.evaluate.report import privacy_audit
     from fedaug.generator.card import update_model_card
 
+    if not args.model or not args.data:
+        raise ConfigError("fedaug audit needs --model and --data (the membership-inference "
+                          "audit of a global model).",
+                          value={"--model": args.model, "--data": args.data},
+                          fix="Pass both, or --dp for the empirical DP audit of a site.")
     train, test = _real_splits(args.data, args.model)
     result = privacy_audit(args.model, train, test, num_samples=args.num_samples,
                            seed=args.seed)
