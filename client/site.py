@@ -13,7 +13,12 @@ from fedaug.config import NodeConfig, RunConfig
 from fedaug.data import ImageDataset, load_image_source, partition
 from fedaug.errors import ConfigError
 from fedaug.privacy import BudgetPlanner, NoiseSource, PrivacyLedger
-from fedaug.privacy.registry import SpendingRegistry, data_fingerprint, default_registry_dir
+from fedaug.privacy.registry import (
+    SpendingRegistry,
+    data_fingerprint,
+    default_registry_dir,
+    source_fingerprint,
+)
 
 __all__ = ["SiteContext", "resolve_site", "load_site_data", "open_ledger", "spent_epsilon",
            "check_fits"]
@@ -120,7 +125,11 @@ def load_site_data(site: SiteContext, run: RunConfig) -> ImageDataset:
 def open_ledger(site: SiteContext, data: ImageDataset) -> tuple[PrivacyLedger, BudgetPlanner]:
     """The site's ledger, held against the spending record of this very data set, and the
     planner every mechanism asks before it spends."""
-    registry = SpendingRegistry(site.registry_dir, data_fingerprint(data.images, data.labels))
+    if site.partition_id is None and Path(site.data).exists():  # a deployed site's files
+        fingerprint = source_fingerprint(site.data, site.labels)
+    else:  # a simulated partition (or the built-in digits): its records
+        fingerprint = data_fingerprint(data.images, data.labels)
+    registry = SpendingRegistry(site.registry_dir, fingerprint)
     ledger = PrivacyLedger(site.state_dir, site=site.name, delta=site.delta, registry=registry)
     return ledger, BudgetPlanner(ledger, site.epsilon_budget)
 

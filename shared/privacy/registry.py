@@ -25,7 +25,8 @@ import numpy as np
 from fedaug.atomic import atomic_write_json
 from fedaug.errors import LedgerError
 
-__all__ = ["SpendingRegistry", "RegistryRecord", "data_fingerprint", "default_registry_dir"]
+__all__ = ["SpendingRegistry", "RegistryRecord", "data_fingerprint", "source_fingerprint",
+           "default_registry_dir"]
 
 _FORMAT = "fedaug-spending-record"
 
@@ -41,6 +42,20 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     for arr in (np.ascontiguousarray(images), np.ascontiguousarray(labels)):
         h.update(str((arr.dtype.str, arr.shape)).encode())
         h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def source_fingerprint(*paths: str | Path) -> str:
+    """SHA-256 of data files as they are on disk (a file, or every file of a folder, by
+    relative path and content): the same whatever size or format the server asks for."""
+    h = hashlib.sha256()
+    for root in (Path(p) for p in paths if str(p)):
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in files:
+            h.update(str(path.relative_to(root) if path != root else path.name).encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
     return h.hexdigest()
 
 

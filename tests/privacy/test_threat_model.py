@@ -336,3 +336,26 @@ def test_an_independent_accountant_never_exceeds_the_ledgers_epsilon(tmp_path):
         assert independent["pld"] <= ours * (1 + 1e-3)
         assert independent["rdp"] >= 0.9 * ours
         assert independent["pld"] >= 0.6 * ours
+
+
+def test_a_deployed_sites_record_is_keyed_by_its_files_whatever_size_the_server_asks(tmp_path):
+    # Prepare: a deployed site with an .npz file spends at one image size
+    from fedaug.client.site import load_site_data
+
+    digits = load_digits_builtin(split="train")
+    path = tmp_path / "site.npz"
+    np.savez(path, train_images=digits.images[:200, ..., 0],
+             train_labels=digits.labels[:200].reshape(-1, 1).astype(np.uint8))
+    site = SiteContext(name="h", state_dir=tmp_path / "state", data=str(path), partition_id=None,
+                       num_partitions=None, epsilon_budget=10.0, delta=1e-5,
+                       registry_dir=tmp_path / "registry")
+    run8 = RunConfig.from_mapping({"image-size": 8}, source="server")
+    ledger, _ = open_ledger(site, load_site_data(site, run8))
+    ledger.append(mechanism="gaussian", noise_multiplier=2.0, sample_rate=1.0, steps=1,
+                  run="r", round=0)
+    shutil.rmtree(site.state_dir)
+
+    # Execute / Assert: the server now asks for 16x16 images; the wiped folder is still caught
+    run16 = RunConfig.from_mapping({"image-size": 16}, source="server")
+    with pytest.raises(LedgerError, match="already spent 1"):
+        open_ledger(site, load_site_data(site, run16))
