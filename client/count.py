@@ -10,23 +10,17 @@ derive from this noisy count.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
 from fedaug.client.site import SiteContext
 from fedaug.errors import ConfigError
 from fedaug.privacy import BudgetPlanner, PrivacyLedger
+from fedaug.privacy.planner import count_noise_multiplier
 
 __all__ = ["count_noise_multiplier", "released_count"]
 
 log = logging.getLogger("fedaug.client")
-
-
-def count_noise_multiplier(budget: float) -> float:
-    """``max(5, 20 / sqrt(budget))``: composed with a run that spends the rest, the count
-    costs about 2% of a budget of 1 and under 1% of a budget of 10 (RDP)."""
-    return max(5.0, 20.0 / math.sqrt(budget))
 
 
 def released_count(site: SiteContext, ledger: PrivacyLedger, planner: BudgetPlanner, *,

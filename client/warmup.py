@@ -23,27 +23,16 @@ from fedaug.client.site import SiteContext, check_fits, load_site_data, open_led
 from fedaug.client.train import images_to_tensor
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
-from fedaug.privacy import BudgetPlanner
+from fedaug.privacy.planner import (
+    WARMUP_MAX_SHARE,
+    WARMUP_MAX_SIGMA,
+    warmup_noise_multiplier,
+)
 
-__all__ = ["release_class_sums", "release_noise_multiplier", "WARMUP_FILE"]
+__all__ = ["release_class_sums", "WARMUP_FILE"]
 
 log = logging.getLogger("fedaug.client")
 WARMUP_FILE = "warmup-release.pt"
-#: The warm-up release takes at most this share of what is left of a site's budget; a site
-#: that cannot afford the server's noise multiplier releases with more noise instead.
-WARMUP_MAX_SHARE = 0.5
-#: Above this noise multiplier the release is worthless and the site declines it.
-WARMUP_MAX_SIGMA = 100.0
-
-
-def release_noise_multiplier(requested: float, planner: BudgetPlanner) -> float | None:
-    """The smallest noise multiplier >= ``requested`` whose release spends at most
-    :data:`WARMUP_MAX_SHARE` of the budget left; None if even :data:`WARMUP_MAX_SIGMA`
-    would spend more."""
-    return planner.noise_multiplier(sample_rate=1.0, steps=1, share=WARMUP_MAX_SHARE,
-                                    at_least=requested, max_noise_multiplier=WARMUP_MAX_SIGMA)
-
-
 def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
                        num_classes: int, image_size: int, channels: int, run_id: str,
                        release_size: int | None = None) -> dict[str, np.ndarray] | None:
@@ -51,7 +40,7 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
 
     The noise multiplier is the server's ``noise_multiplier`` or, where that would spend more
     than half of the budget left, the larger one that spends half
-    (:func:`release_noise_multiplier`). ``release_size`` < ``image_size`` sums
+    (:func:`fedaug.privacy.planner.warmup_noise_multiplier`). ``release_size`` < ``image_size`` sums
     area-downsampled images instead: each pixel is still in ``[-1, 1]``, so the bound
     ``sqrt(D + 1)`` holds with the smaller D, and the noise per pixel shrinks with the side.
     Released once per run: a repeated request gets the same stored release (free).
@@ -70,7 +59,7 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     data = load_site_data(site, run)
     check_fits(site, data, channels=channels, num_classes=num_classes)
     ledger, planner = open_ledger(site, data)
-    sigma = release_noise_multiplier(noise_multiplier, planner)
+    sigma = warmup_noise_multiplier(noise_multiplier, planner)
     if sigma is None:
         log.warning("%s: declines the warm-up release: even noise multiplier %g would spend "
                     "more than %.0f%% of the budget left (epsilon %.3f of %.2f).", site.name,

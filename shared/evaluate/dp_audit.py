@@ -80,6 +80,7 @@ __all__ = [
     "loss_drop_scorer",
     "make_input_canaries",
     "plan_site_training",
+    "site_release_history",
     "site_augmenter",
     "site_dataset",
     "site_generator",
@@ -149,6 +150,31 @@ class DPTrainingPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def site_release_history(run: RunConfig, *, epsilon: float | None = None,
+                         delta: float | None = None) -> list[Spend]:
+    """What a site spends before its first DP-SGD step of a run, by the site's own rules: the
+    warm-start release (when the run has one) and the count release. Passed as ``history``
+    to :func:`plan_site_training`, it reproduces the site's sigma exactly."""
+    import tempfile
+
+    from fedaug.privacy import BudgetPlanner, PrivacyLedger
+    from fedaug.privacy.planner import count_noise_multiplier, warmup_noise_multiplier
+
+    budget = float(run.epsilon if epsilon is None else epsilon)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = PrivacyLedger(tmp, site="audit", delta=float(run.delta if delta is None
+                                                               else delta))
+        planner = BudgetPlanner(ledger, budget)
+        if run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
+            sigma = warmup_noise_multiplier(run.warmup_noise_multiplier, planner)
+            if sigma is not None:
+                ledger.append(mechanism="gaussian", noise_multiplier=sigma, sample_rate=1.0,
+                              steps=1, run="audit", round=0)
+        ledger.append(mechanism="gaussian", noise_multiplier=count_noise_multiplier(budget),
+                      sample_rate=1.0, steps=1, run="audit", round=1)
+        return ledger.history()
 
 
 def plan_site_training(run: RunConfig, num_examples: int, *, epsilon: float | None = None,
@@ -869,9 +895,10 @@ def run_dp_audit_command(args: Any) -> int:
                         num_sites=num_sites if args.site is not None else None,
                         max_records=args.max_records)
     unet, scheduler, _ = site_generator(run, data, args.model)
+    history = site_release_history(run, epsilon=args.epsilon, delta=args.delta)
     plan = plan_site_training(run, len(data), epsilon=args.epsilon, delta=args.delta,
                               rounds=args.rounds, noise_multiplier=args.noise_multiplier,
-                              sample_rate=args.sample_rate, steps=args.steps)
+                              sample_rate=args.sample_rate, steps=args.steps, history=history)
     log.info("auditing %d records: sigma %.3f, q %.4f, %d steps, C %g, accounted epsilon %.3f",
              len(data), plan.noise_multiplier, plan.sample_rate, plan.steps,
              plan.max_grad_norm, plan.accounted_epsilon())

@@ -13,7 +13,21 @@ from fedaug.privacy.accounting import (
 )
 from fedaug.privacy.ledger import PrivacyLedger
 
-__all__ = ["BudgetPlanner"]
+__all__ = ["BudgetPlanner", "count_noise_multiplier", "warmup_noise_multiplier",
+           "WARMUP_MAX_SHARE", "WARMUP_MAX_SIGMA"]
+
+#: The warm-up release takes at most this share of what is left of a site's budget; a site
+#: that cannot afford the server's noise multiplier releases with more noise instead.
+WARMUP_MAX_SHARE = 0.5
+#: Above this noise multiplier the warm-up release is worthless and the site declines it.
+WARMUP_MAX_SIGMA = 100.0
+
+
+def count_noise_multiplier(budget: float) -> float:
+    """The count release's noise multiplier, ``max(5, 20 / sqrt(budget))``: composed with a
+    run that spends the rest, the count costs about 2% of a budget of 1 and under 1% of a
+    budget of 10 (RDP)."""
+    return max(5.0, 20.0 / budget ** 0.5)
 
 
 class BudgetPlanner:
@@ -81,3 +95,11 @@ class BudgetPlanner:
                                        budget=self.budget, noise_multiplier=noise_multiplier,
                                        sample_rate=sample_rate, max_steps=max_steps,
                                        pure=self.ledger.pure_epsilons())
+
+
+def warmup_noise_multiplier(requested: float, planner: BudgetPlanner) -> float | None:
+    """The warm-up release's noise multiplier: the smallest one >= ``requested`` that spends
+    at most :data:`WARMUP_MAX_SHARE` of the budget left; None if even
+    :data:`WARMUP_MAX_SIGMA` would spend more."""
+    return planner.noise_multiplier(sample_rate=1.0, steps=1, share=WARMUP_MAX_SHARE,
+                                    at_least=requested, max_noise_multiplier=WARMUP_MAX_SIGMA)

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 from fedaug.client.count import released_count  # noqa: E402
 from fedaug.client.site import SiteContext, load_site_data, open_ledger  # noqa: E402
 from fedaug.client.train import plan_round  # noqa: E402
-from fedaug.client.warmup import release_noise_multiplier  # noqa: E402
 from fedaug.config import RunConfig  # noqa: E402
 from fedaug.data import load_image_source, partition  # noqa: E402
 from fedaug.evaluate.dp_audit import (  # noqa: E402
@@ -42,6 +41,7 @@ from fedaug.evaluate.dp_audit import (  # noqa: E402
     site_augmenter,
     site_generator,
 )
+from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier  # noqa: E402
 from fedaug.simulations.scenario import load_scenario  # noqa: E402
 
 PNEUMONIA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"

@@ -48,7 +48,8 @@ SITE = ["--set", "local-steps=1", "--set", "noise-multiplicity=1", "--set", "aug
 #: bound was 2.12-2.40 (mean 2.26) against 1.995; 16 runs with k = 250 missed it once in 5.
 GUESSES = 375
 WHITE_BOX = ["audit", "--dp", "--data", "digits", "--max-records", "200", "--epsilon", "2",
-             "--delta", str(DELTA), "--rounds", "2", "--set", "batch-size=4096", *SITE,
+             "--delta", str(DELTA), "--rounds", "2", "--set", "batch-size=4096",
+             "--set", "warmup-noise-multiplier=0", *SITE,
              "--num-canaries", "2000", "--guesses", str(GUESSES), "--seed", "1"]
 POOLED_RUNS = 24
 
@@ -82,11 +83,11 @@ def test_correct_mechanism_passes_the_white_box_audit(correct_white_box):
     # Assert: a bound, but not above the accounting; the report and picture are written
     assert rc == 0
     assert report["verdict"] == "consistent"
-    assert report["accounted-epsilon"] == pytest.approx(1.995, abs=0.01)
+    assert report["accounted-epsilon"] == pytest.approx(1.973, abs=0.01)  # 2, less the count release
     assert 0.0 < report["epsilon-lower-bound"] <= report["accounted-epsilon"], report
     assert report["num-canaries"] == POOLED_RUNS * 2000
     assert (out / dp_audit.REPORT_PNG).stat().st_size > 1000
-    assert report["config"]["plan"]["noise-multiplier"] == pytest.approx(3.047, abs=0.01)
+    assert report["config"]["plan"]["noise-multiplier"] == pytest.approx(3.078, abs=0.01)
 
 
 def test_halved_noise_multiplier_is_caught(monkeypatch, tmp_path, correct_white_box):
@@ -210,7 +211,7 @@ def test_known_sampling_masks_are_caught(monkeypatch, tmp_path):
     # Assert
     assert rc == 1
     assert report["config"]["plan"]["sample-rate"] == pytest.approx(0.02)
-    assert report["accounted-epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert report["accounted-epsilon"] == pytest.approx(0.860, abs=0.01)  # 1, less the count release
     assert report["epsilon-lower-bound"] > report["accounted-epsilon"], report
 
 
@@ -304,7 +305,7 @@ def test_training_loss_in_the_reply_is_caught(monkeypatch, tmp_path):
 
     # Assert: every guess right, far above an accounted epsilon of 1
     assert rc == 1
-    assert report["accounted-epsilon"] == pytest.approx(1.0, abs=0.01)
+    assert report["accounted-epsilon"] == pytest.approx(0.811, abs=0.01)  # 1, less the count release
     assert report["num-correct"] == report["num-guesses"]
     assert report["epsilon-lower-bound"] > 2 * report["accounted-epsilon"], report
 

@@ -220,8 +220,8 @@ def test_local_epochs_plan_many_subsampled_steps_on_a_large_site_and_few_on_a_sm
 
 
 def test_warmup_release_keeps_the_asked_noise_when_the_budget_affords_it(tmp_path):
-    from fedaug.client.warmup import release_noise_multiplier
     from fedaug.privacy import BudgetPlanner
+    from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     # epsilon 10: sigma 2 costs 2.17, under half the budget
@@ -229,8 +229,8 @@ def test_warmup_release_keeps_the_asked_noise_when_the_budget_affords_it(tmp_pat
 
 
 def test_warmup_release_adds_noise_to_fit_half_of_a_small_budget(tmp_path):
-    from fedaug.client.warmup import release_noise_multiplier
     from fedaug.privacy import BudgetPlanner
+    from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     # epsilon 1: sigma 2 alone would spend 2.17 and the site used to decline
@@ -242,8 +242,8 @@ def test_warmup_release_adds_noise_to_fit_half_of_a_small_budget(tmp_path):
 
 
 def test_warmup_release_takes_half_of_what_is_left_after_earlier_runs(tmp_path):
-    from fedaug.client.warmup import release_noise_multiplier
     from fedaug.privacy import BudgetPlanner
+    from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier
 
     ledger = PrivacyLedger(tmp_path, site="s", delta=1e-5)
     ledger.append(mechanism="dp-sgd", noise_multiplier=3.0, sample_rate=1.0, steps=20,
