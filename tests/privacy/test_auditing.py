@@ -239,9 +239,9 @@ def test_worst_case_mechanism_exceeds_its_epsilon_at_most_five_percent_of_runs()
 # with probability 1/2, sigma set so that the single Gaussian mechanism has the stated
 # theoretical epsilon at delta = 1e-5, symmetric guesses k+ = k- over 10, 20, 50, ...,
 # 95% confidence (here Bonferroni-corrected over that grid), the mean over 8 seeds.
-# REFERENCE values are this implementation's own outputs (seeds 0-7), NOT read from the
-# paper: its figure could not be retrieved in this session, so they pin regressions only.
-# Replace them with the figure's values (figure number, values read) once read from the PDF.
+# REFERENCE values are this implementation's own outputs (seeds 0-7), not read from the
+# paper's figure (not digitised anywhere we could read): they pin regressions only. The
+# values the paper prints are checked in tests/evaluate/test_dp_audit.py.
 REFERENCE = {  # (theoretical eps, m): mean empirical eps
     (2.0, 1000): 0.61, (2.0, 10_000): 0.92,
     (4.0, 1000): 1.43, (4.0, 10_000): 1.84,
