@@ -10,7 +10,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fedaug.errors import ConfigError
 
-__all__ = ["register"]
+__all__ = ["register", "DEFAULT_SCENARIO"]
+
+#: The scenario of a plain ``fedaug simulate``.
+DEFAULT_SCENARIO = Path(__file__).with_name("default.toml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedaug.config import RunConfig
+    from fedaug.scenario import load_scenario
     from fedaug.simulations.run import simulate
-    from fedaug.simulations.scenario import DEFAULT_SCENARIO, load_scenario
 
     flags = {"num-server-rounds": args.rounds, "epsilon": args.epsilon, "alpha": args.alpha,
              "data": args.data, "labels": args.labels, "out-dir": args.out, "seed": args.seed,

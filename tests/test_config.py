@@ -9,7 +9,7 @@ import pytest
 
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
-from fedaug.simulations.scenario import load_scenario
+from fedaug.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 

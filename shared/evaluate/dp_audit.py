@@ -830,25 +830,11 @@ def audit_central_dp(aggregate: Callable[..., Any], reference: Mapping[str, Any]
 
 def _scenario(path: str | None, sets: Sequence[str], epsilon: float | None
               ) -> tuple[RunConfig, int | None]:
-    """The run config of a scenario TOML (its ``[fedaug]`` table, then its
-    ``[per-epsilon.<budget>]`` table for the audited budget) with ``KEY=VALUE`` overrides,
-    and the scenario's ``num-sites``."""
-    import tomllib
+    """The run config of a scenario TOML (:func:`fedaug.scenario.load_scenario`: its
+    ``[fedaug]`` table, then its ``[per-epsilon.<budget>]`` table for the audited budget)
+    with ``KEY=VALUE`` overrides, and the scenario's ``num-sites``."""
+    from fedaug.scenario import load_scenario
 
-    table: dict[str, Any] = {}
-    per_budget: Any = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("Scenario file not found.", value=path,
-                              fix="Pass an existing TOML file, e.g. simulations/default.toml.")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"Scenario file {path} is not valid TOML: {err}.",
-                              fix="Fix the syntax; see simulations/default.toml.") from err
-        table = dict(data.get("fedaug", data))
-        per_budget = table.pop("per-epsilon", None) or data.get("per-epsilon", {})
     overrides: dict[str, Any] = {}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -858,12 +844,7 @@ def _scenario(path: str | None, sets: Sequence[str], epsilon: float | None
         overrides[key.strip()] = value.strip()
     if epsilon is not None:
         overrides["epsilon"] = epsilon
-    eps = overrides.get("epsilon", table.get("epsilon", RunConfig.epsilon))
-    try:
-        extra = per_budget.get(f"{float(eps):g}", {}) if isinstance(per_budget, dict) else {}
-    except (TypeError, ValueError):
-        extra = {}
-    mapping = {**table, **extra, **overrides}
+    mapping = load_scenario(path, overrides) if path else overrides
     num_sites = mapping.pop("num-sites", None)
     run = RunConfig.from_mapping(mapping, source=path or "--set")
     return run, None if num_sites is None else int(num_sites)

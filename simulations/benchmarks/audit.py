@@ -42,7 +42,7 @@ from fedaug.evaluate.dp_audit import (  # noqa: E402
     site_generator,
 )
 from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier  # noqa: E402
-from fedaug.simulations.scenario import load_scenario  # noqa: E402
+from fedaug.scenario import load_scenario  # noqa: E402
 
 PNEUMONIA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 from fedaug.config import RunConfig  # noqa: E402
 from fedaug.data import load_image_source, partition  # noqa: E402
 from fedaug.evaluate.report import evaluate_generator  # noqa: E402
+from fedaug.scenario import load_scenario  # noqa: E402
 from fedaug.simulations.run import simulate  # noqa: E402
-from fedaug.simulations.scenario import load_scenario  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 SCENARIO = ROOT / "simulations" / "pneumonia.toml"

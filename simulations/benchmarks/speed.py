@@ -42,7 +42,7 @@ from fedaug.generator import (  # noqa: E402
     train_nondp,
 )
 from fedaug.privacy import NoiseSource  # noqa: E402
-from fedaug.simulations.scenario import load_scenario  # noqa: E402
+from fedaug.scenario import load_scenario  # noqa: E402
 
 
 def _model(run: RunConfig, data) -> tuple:

@@ -1,4 +1,5 @@
-"""Scenario files of simulated federations: run-config keys, per-budget recipe tables."""
+"""Scenario files: run-config keys and per-budget recipe tables, read by ``fedaug simulate``,
+the benchmarks and ``fedaug audit --dp`` (which audits a scenario's site)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,7 @@ from typing import Any
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
 
-__all__ = ["DEFAULT_SCENARIO", "load_scenario"]
-
-#: The scenario of a plain ``fedaug simulate``.
-DEFAULT_SCENARIO = Path(__file__).with_name("default.toml")
-
+__all__ = ["load_scenario"]
 
 def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
