@@ -148,6 +148,9 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
     resumed = load_server_state(out / "server" / STATE_FILE, run=run, gen_config=gen_config)
     if resumed is not None:  # the same run goes on: sites keep its count release and plan
         run_id = resumed["strategy"].get("run-id") or run_id
+    elif earlier:
+        log.warning("nothing to resume in %s (no completed round): starting a new run, which "
+                    "spends on top of what the sites' ledgers already hold", out)
     torch.manual_seed(run.seed)
     unet = build_unet(gen_config)
     policy = load_policy(run.policy)
