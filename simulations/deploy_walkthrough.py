@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,21 +137,26 @@ class Walkthrough:
                                     env=self.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace",
                                     start_new_session=True)
-            deadline = time.monotonic() + timeout
+            fired: list[bool] = []
+
+            def stop() -> None:
+                fired.append(True)
+                _kill_group(proc, signal.SIGKILL)
+
+            watchdog = threading.Timer(timeout, stop)
+            watchdog.start()
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:  # streams `flwr run --stream` as it comes
                     out.write(line)
                     if echo:
                         print("    " + line, end="", flush=True)
-                    if time.monotonic() > deadline:
-                        raise subprocess.TimeoutExpired(proc.args, timeout)
-                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
                 proc.wait()
-                raise WalkthroughError(f"{block.title} did not end within {timeout:.0f}s; "
-                                       f"its output is in {log}") from None
+            finally:
+                watchdog.cancel()
+            if fired:
+                raise WalkthroughError(f"{block.title} did not end within {timeout:.0f}s "
+                                       f"and was stopped; its output is in {log}")
         output = log.read_text(errors="replace")
         if proc.returncode != 0:
             missing = [tool for tool in FALLBACKS if tool in text and shutil.which(tool) is None]
@@ -351,6 +357,10 @@ def walk(doc: Path, root: Path, *, run_timeout: float, ready_timeout: float) -> 
                 w.run_foreground(block, block.text, timeout=ready_timeout)
         if w.run_id is None:
             raise WalkthroughError("the page has no `flwr run` block")
+        if "run" not in result:  # a page without step 8: check the status here
+            result["run"] = w.wait_finished(w.run_id, timeout=120)
+            if result["run"]["status"] != "finished:completed":
+                raise WalkthroughError(f"run {w.run_id} ended {result['run']['status']!r}")
         d = Path(w.env["D"])
         result["D"] = str(d)
         problems = check_model_card(d / "server" / "out" / "global" / "model_card.json",
