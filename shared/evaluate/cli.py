@@ -30,9 +30,9 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
         "On a terminal, a progress bar per stage: sampling, TSTR classifier, TRTR classifier, "
         "small-site seeds, fidelity, privacy audit.")
     ev.add_argument("--model", required=True, help="global model folder")
-    ev.add_argument("--real", required=True,
+    ev.add_argument("--real",
                     help="real data with train and test splits: 'digits', a MedMNIST .npz, or a "
-                    "folder with train/ and test/")
+                    "folder with train/ and test/ (required unless --site-data)")
     ev.add_argument("--num-samples", type=int, default=1000, help="synthetic samples (1000)")
     ev.add_argument("--small-site-size", type=int, default=100,
                     help="records of the simulated small site (100)")
@@ -45,6 +45,18 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     f"{QUICK['small_site_seeds']} small-site seed, small-site epochs "
                     f"{QUICK['small_site_epochs']}; other settings as given. Its figures are "
                     "noisier and usually lower than a full run's: compare like with like")
+    site = ev.add_argument_group(
+        "a site's decision (--site-data)",
+        "Instead of the report: should this site use the synthetic data? On a stratified "
+        "validation part of the site's OWN training records (its test data is never read): "
+        "local alone vs pretrained on synthetic then fine-tuned vs mixed, over several "
+        "seeds; the gain's paired bootstrap interval; 'use <option>' only when its lower end "
+        "is above 0. Writes decision.json into --out.")
+    site.add_argument("--site-data", help="the site's data source (its train split only)")
+    site.add_argument("--site-labels", help="labels CSV of a DICOM folder --site-data")
+    site.add_argument("--val-fraction", type=float, default=0.3,
+                      help="fraction of each class held out for validation (0.3)")
+    site.add_argument("--seeds", type=int, default=3, help="classifier seeds per option (3)")
     ev.set_defaults(func=_cmd_evaluate)
 
 
@@ -120,9 +132,32 @@ def _real_splits(source: str, model_dir: str) -> tuple[Any, Any]:
     return train, test
 
 
+def _cmd_site_decision(args: argparse.Namespace) -> int:
+    from fedaug.atomic import atomic_write_json
+    from fedaug.evaluate.decision import format_decision, site_decision
+
+    quick = {"epochs": QUICK["epochs"], "site_epochs": QUICK["small_site_epochs"]}
+    decision = site_decision(args.model, args.site_data, site_labels=args.site_labels,
+                             val_fraction=args.val_fraction, seeds=args.seeds,
+                             num_samples=args.num_samples, seed=args.seed, steps=args.steps,
+                             progress=sys.stderr.isatty(), **(quick if args.quick else {}))
+    print(format_decision(decision))
+    if args.out:
+        atomic_write_json(Path(args.out) / "decision.json", decision)
+        print(f"decision: {Path(args.out) / 'decision.json'}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fedaug.evaluate.report import evaluate_generator, small_site_subset
 
+    if args.site_data:
+        return _cmd_site_decision(args)
+    if not args.real:
+        from fedaug.errors import ConfigError
+
+        raise ConfigError("fedaug evaluate needs --real (the report) or --site-data (a "
+                          "site's decision).", fix="Pass one of them.")
     train, test = _real_splits(args.real, args.model)
     small = small_site_subset(train, args.small_site_size, seed=args.seed)
     report = evaluate_generator(args.model, train, test, num_samples=args.num_samples,

@@ -1,0 +1,322 @@
+"""Should this site use the federation's synthetic data? A decision a site can trust.
+
+A site receives a global generator and must decide whether training its own classifier
+with the generator's synthetic data is better than training on its records alone. A
+test on someone else's data does not answer that: the generator may help the federation
+on average and still hurt this site (another scanner, other classes, other prevalence).
+So the site answers it on its OWN data, without touching its test split:
+
+1. A stratified validation part is carved out of the site's training records
+   (``val_fraction`` of each class; a class with a single record stays in training).
+2. Three options are trained on the remaining local part, each over ``seeds`` seeds and
+   with the same class-balanced loss and sample-level augmentation policy (the global
+   model's ``policy.json`` or model card policy when present, else the default):
+
+   * ``local`` -- the local part alone;
+   * ``synthetic-pretrain`` -- pretrained on the synthetic samples, then fine-tuned on
+     the local part (the same budget as ``local`` for the fine-tuning);
+   * ``synthetic-mix`` -- trained from scratch on the local part and the synthetic
+     samples together (at least as many optimizer steps as ``local``, and at least the
+     pretraining's passes over the synthetic set).
+
+3. Each option's validation accuracy is reported as the mean over seeds and the worst
+   seed. The gain of a synthetic option over ``local`` gets a paired bootstrap interval:
+   validation records and seeds are resampled together, and both options are scored on
+   the same draw, so record difficulty and seed luck cancel out.
+4. The recommendation is ``"use <option>"`` only when that option's interval lies above
+   0; otherwise ``"do not use"``. Two synthetic options are compared with ``local`` on
+   the same validation records, so each interval is taken at the Bonferroni level
+   ``1 - (1 - confidence) / 2``: picking the better of two noisy options must not turn
+   noise into a recommendation. Among options whose interval clears 0, the one with
+   the higher lower end is recommended.
+
+:func:`site_decision` loads the site's data and samples the generator;
+:func:`decide` is the same decision on arrays (any synthetic set, e.g. for tests or
+for samples drawn earlier).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedaug.augment import Policy, apply_policy
+from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.data import ImageDataset
+from fedaug.errors import ConfigError, DataError
+from fedaug.evaluate.classifier import train_classifier
+
+__all__ = ["OPTIONS", "MIN_RECORDS", "decide", "site_decision", "stratified_split",
+           "model_policy", "format_decision"]
+
+#: The compared options, baseline first.
+OPTIONS = ("local", "synthetic-pretrain", "synthetic-mix")
+#: Fewest records the local part and the validation part may each have.
+MIN_RECORDS = 8
+#: Local training budget (as the small-site figures of ``fedaug evaluate``).
+SITE_EPOCHS, SITE_BATCH, PRETRAIN_EPOCHS, PRETRAIN_BATCH = 30, 16, 8, 64
+#: Learning rate of the fine-tuning on the local part.
+FINETUNE_LR = 5e-4
+#: Bootstrap draws of the gain's interval.
+BOOTSTRAP = 4000
+
+
+def _int_at_least(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ConfigError(f"`{name}` must be an int >= {low}.", value=value,
+                          fix=f"pass {name} as a whole number of at least {low}.")
+    return int(value)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, *, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (local, validation): ``round(val_fraction * n_c)`` of each class to
+    validation, at least one when the class has two records or more, and at least one
+    left in the local part; a class with one record stays local."""
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float)
+            or not 0 < val_fraction < 1):
+        raise ConfigError("`val_fraction` must lie strictly between 0 and 1.",
+                          value=val_fraction, fix="pass e.g. 0.3 (30% of each class).")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    local, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(val_fraction * len(idx))))
+        val.append(idx[:n_val])
+        local.append(idx[n_val:])
+    return (np.sort(np.concatenate(local)).astype(np.int64),
+            np.sort(np.concatenate(val)).astype(np.int64))
+
+
+def _augmenter(policy: Policy, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    counter = iter(range(10**9))
+    return lambda batch: apply_policy(policy, batch, seed=seed * 7919 + next(counter))
+
+
+def _bootstrap_gain(diff: np.ndarray, *, draws: int, level: float, seed: int
+                    ) -> tuple[float, float]:
+    """Percentile interval of the mean of ``diff`` (seeds x records), resampling seeds and
+    records with replacement (a draw's mean is ``c_s^T D c_r / (S N)`` with multinomial
+    counts ``c_s``, ``c_r``)."""
+    s, n = diff.shape
+    rng = np.random.default_rng(seed)
+    cs = rng.multinomial(s, np.full(s, 1 / s), size=draws).astype(np.float64)
+    cr = rng.multinomial(n, np.full(n, 1 / n), size=draws).astype(np.float64)
+    means = np.einsum("bs,sn,bn->b", cs, diff.astype(np.float64), cr) / (s * n)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
+           syn_y: np.ndarray, *, num_classes: int, seeds: int = 3, seed: int = 0,
+           policy: Policy | None = None, epochs: int = PRETRAIN_EPOCHS,
+           site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
+           bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None
+           ) -> dict[str, Any]:
+    """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
+    ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
+
+    ``syn_x``/``syn_y``: the synthetic images (uint8 N, H, W, C, the site's shape) and
+    labels in ``[0, num_classes)``. ``progress(1)`` is called after each seed.
+    """
+    seeds = _int_at_least("seeds", seeds, 1)
+    bootstrap = _int_at_least("bootstrap", bootstrap, 100)
+    if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0 < confidence < 1:
+        raise ConfigError("`confidence` must lie strictly between 0 and 1.", value=confidence,
+                          fix="pass e.g. 0.95.")
+    syn_x, syn_y = np.asarray(syn_x), np.asarray(syn_y).astype(np.int64).reshape(-1)
+    if syn_x.dtype != np.uint8 or syn_x.shape[1:] != local.images.shape[1:]:
+        raise DataError("The synthetic images do not match the site's images (uint8, same "
+                        "height, width and channels).",
+                        value=(str(syn_x.dtype), syn_x.shape[1:], local.images.shape[1:]),
+                        fix="sample the generator the site's data belongs to.")
+    if len(syn_x) == 0 or len(syn_y) != len(syn_x) or syn_y.min() < 0 or syn_y.max() >= num_classes:
+        raise DataError(f"Synthetic labels must be one per image, in [0, {num_classes}).",
+                        value=(len(syn_x), len(syn_y)), fix="pass the generator's labels.")
+    for name, part in (("local", local), ("validation", validation)):
+        if len(part) < MIN_RECORDS:
+            raise DataError(f"The site's {name} part has {len(part)} records; at least "
+                            f"{MIN_RECORDS} are needed for a decision.", value=len(part),
+                            fix="use more records, or a larger/smaller --val-fraction.")
+    policy = policy or Policy.default("image")
+    k = num_classes
+    n_local, n_mix = len(local), len(local) + len(syn_x)
+    site_steps = site_epochs * math.ceil(n_local / SITE_BATCH)
+    mix_epochs = max(epochs, math.ceil(site_steps / math.ceil(n_mix / PRETRAIN_BATCH)))
+    mix_x = np.concatenate([local.images, syn_x])
+    mix_y = np.concatenate([local.labels, syn_y])
+    correct = {o: [] for o in OPTIONS}
+    for s in range(seed, seed + seeds):
+        site = {"num_classes": k, "seed": s, "epochs": site_epochs, "batch_size": SITE_BATCH,
+                "class_weight": "balanced", "augment": _augmenter(policy, s)}
+        pre = train_classifier(syn_x, syn_y, num_classes=k, seed=s, epochs=epochs,
+                               batch_size=PRETRAIN_BATCH)
+        clfs = {
+            "local": train_classifier(local.images, local.labels, **site),
+            "synthetic-pretrain": train_classifier(local.images, local.labels, init=pre,
+                                                   lr=FINETUNE_LR, **site),
+            "synthetic-mix": train_classifier(
+                mix_x, mix_y, num_classes=k, seed=s, epochs=mix_epochs,
+                batch_size=PRETRAIN_BATCH, class_weight="balanced",
+                augment=_augmenter(policy, s)),
+        }
+        for name, clf in clfs.items():
+            correct[name].append(clf.predict(validation.images) == validation.labels)
+        if progress is not None:
+            progress(1)
+    hits = {o: np.asarray(v, dtype=np.float64) for o, v in correct.items()}  # seeds x records
+    level = 1 - (1 - confidence) / (len(OPTIONS) - 1)
+    options: dict[str, Any] = {}
+    for i, name in enumerate(OPTIONS):
+        per_seed = hits[name].mean(axis=1)
+        entry: dict[str, Any] = {"accuracy": float(per_seed.mean()),
+                                 "worst-seed-accuracy": float(per_seed.min()),
+                                 "accuracy-per-seed": [float(a) for a in per_seed]}
+        if name != "local":
+            diff = hits[name] - hits["local"]
+            lo, hi = _bootstrap_gain(diff, draws=bootstrap, level=level, seed=seed + 1000 * i)
+            entry["gain"] = float(diff.mean())
+            entry["gain-interval"] = [lo, hi]
+        options[name] = entry
+    synthetic = [o for o in OPTIONS if o != "local"]
+    best = max(synthetic, key=lambda o: (options[o]["accuracy"], options[o]["gain-interval"][0]))
+    cleared = [o for o in synthetic if options[o]["gain-interval"][0] > 0]
+    chosen = max(cleared, key=lambda o: options[o]["gain-interval"][0]) if cleared else None
+    present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
+    return {
+        "options": options,
+        "best-synthetic-option": best,
+        "gain": options[best]["gain"],
+        "gain-interval": options[best]["gain-interval"],
+        "interval-level": level,
+        "confidence": confidence,
+        "recommendation": f"use {chosen}" if chosen else "do not use",
+        "use-synthetic": chosen is not None,
+        "local-records": n_local,
+        "validation-records": int(len(validation)),
+        "synthetic-records": int(len(syn_x)),
+        "classes-absent-at-site": sorted(set(range(k)) - present),
+        "seeds": seeds,
+        "settings": {"seed": seed, "epochs": epochs, "site-epochs": site_epochs,
+                     "mix-epochs": mix_epochs, "bootstrap": bootstrap},
+        "definition": "validation accuracy on a stratified part of the site's own training "
+                      "records; gain = option minus local, paired over records and seeds; "
+                      f"interval: paired bootstrap over validation records and seeds at "
+                      f"{level:.3f} (Bonferroni over {len(synthetic)} synthetic options for "
+                      f"{confidence:.2f} overall); 'use' only when its lower end is above 0",
+    }
+
+
+def model_policy(model_dir: str | Path) -> tuple[Policy, str]:
+    """The global model's augmentation policy and where it came from: ``policy.json``,
+    else the model card's ``policy``, else the default image policy."""
+    import json
+
+    folder = Path(model_dir)
+    if (folder / "policy.json").is_file():
+        return Policy.from_json((folder / "policy.json").read_text(encoding="utf-8")), "policy.json"
+    card = folder / "model_card.json"
+    if card.is_file():
+        raw = json.loads(card.read_text(encoding="utf-8")).get("policy")
+        if raw is not None:
+            return Policy.from_dict(raw), "model card"
+    return Policy.default("image"), "default"
+
+
+def _match_site(site: ImageDataset, names: list[str], channels: int, source: str
+                ) -> ImageDataset:
+    """The site's data with labels in the model's class indices (matched by name when the
+    site's class names are the model's or a subset of them)."""
+    k = len(names)
+    if site.image_shape[2] != channels:
+        raise DataError(f"The site's data {source} has {site.image_shape[2]} channel(s); the "
+                        f"model generates {channels}.", value=site.image_shape,
+                        fix="pass the site's data in the model's modality (grayscale/RGB).")
+    if set(site.class_names) <= set(names):
+        remap = np.array([names.index(n) for n in site.class_names], dtype=np.int64)
+        return ImageDataset(site.images, remap[site.labels], tuple(names), site.name)
+    if site.num_classes == k:
+        return ImageDataset(site.images, site.labels, tuple(names), site.name)
+    raise DataError(f"The site's data {source} has classes {list(site.class_names)}, which "
+                    f"do not match the model's {k} classes {names}.",
+                    value=site.num_classes,
+                    fix="name the site's class folders as the model's classes, or pass the "
+                    "data the federation was trained for.")
+
+
+def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *,
+                  val_fraction: float = 0.3, seeds: int = 3, num_samples: int = 1000,
+                  seed: int = 0, site_labels: str | Path | None = None,
+                  steps: int = DEFAULT_SAMPLE_STEPS, epochs: int = PRETRAIN_EPOCHS,
+                  site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
+                  bootstrap: int = BOOTSTRAP, progress: bool = False) -> dict[str, Any]:
+    """Decide whether the site holding ``site_data`` should use ``model_dir``'s synthetic
+    data (module docstring). ``site_data``: a source for
+    :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
+    model's size; ``site_labels`` for a DICOM folder) or an :class:`ImageDataset`.
+    ``num_samples`` synthetic samples are drawn, balanced over the classes.
+    """
+    from fedaug.data import load_image_source
+    from fedaug.generator import load_generator
+    from fedaug.generator.generate import generate
+    from fedaug.generator.pipeline import read_class_names
+
+    num_samples = _int_at_least("num_samples", num_samples, 1)
+    _, _, config = load_generator(model_dir)
+    names = read_class_names(model_dir, config.num_classes)
+    source = site_data.name if isinstance(site_data, ImageDataset) else str(site_data)
+    if not isinstance(site_data, ImageDataset):
+        site_data = load_image_source(site_data, split="train", size=config.image_size,
+                                      labels=site_labels or None)
+    elif site_data.image_shape[:2] != (config.image_size, config.image_size):
+        raise DataError(f"The site's images are {site_data.image_shape[:2]}; the model's "
+                        f"are {config.image_size} x {config.image_size}.",
+                        value=site_data.image_shape, fix="resize them to the model's size.")
+    site = _match_site(site_data, names, config.channels, source)
+    local_idx, val_idx = stratified_split(site.labels, val_fraction, seed=seed)
+    local, validation = site.subset(local_idx), site.subset(val_idx)
+    for name, part in (("local", local), ("validation", validation)):
+        if len(part) < MIN_RECORDS:
+            raise DataError(f"The site's data {source} ({len(site)} records) is too small to "
+                            f"split: its {name} part would have {len(part)} records, fewer "
+                            f"than {MIN_RECORDS}.", value=len(site),
+                            fix="use a site with more records, or change --val-fraction.")
+    policy, policy_source = model_policy(model_dir)
+    syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
+                               progress=progress)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=seeds, desc="decision seeds", unit="seed", dynamic_ncols=True)
+    try:
+        result = decide(local, validation, syn_x, syn_y, num_classes=config.num_classes,
+                        seeds=seeds, seed=seed, policy=policy, epochs=epochs,
+                        site_epochs=site_epochs, confidence=confidence, bootstrap=bootstrap,
+                        progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"model": str(model_dir), "site-data": source, "val-fraction": val_fraction,
+            "policy": policy_source, "num-samples": num_samples, "steps": steps, **result}
+
+
+def format_decision(d: dict[str, Any]) -> str:
+    """A short table of the options and the recommendation."""
+    lines = [f"{'option':<20}{'val acc':>9}{'worst seed':>12}{'gain':>9}  interval "
+             f"({d['interval-level']:.1%})"]
+    for name, o in d["options"].items():
+        gain = f"{o['gain']:+9.3f}" if "gain" in o else f"{'':>9}"
+        ci = "[{:+.3f}, {:+.3f}]".format(*o["gain-interval"]) if "gain-interval" in o else ""
+        lines.append(f"{name:<20}{o['accuracy']:>9.3f}{o['worst-seed-accuracy']:>12.3f}"
+                     f"{gain}  {ci}")
+    lines.append(f"site: {d['local-records']} local + {d['validation-records']} validation "
+                 f"records, {d['synthetic-records']} synthetic, {d['seeds']} seed(s)")
+    lines.append(f"recommendation: {d['recommendation']}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""A site's decision on the synthetic data (fedaug.evaluate.decision) and its CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fedaug.cli import main
+from fedaug.data import ImageDataset, load_digits_builtin
+from fedaug.errors import ConfigError, DataError
+from fedaug.evaluate.decision import OPTIONS, decide, site_decision, stratified_split
+from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
+
+
+def _tiny_model(folder):
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(image_size=8, channels=1, num_classes=10, block_out_channels=(8, 16))
+    save_generator(folder, build_unet(cfg), build_train_scheduler(cfg), cfg)
+
+
+@pytest.fixture(scope="module")
+def small_site():
+    """A site with 12 digits per class (3 local + 9 validation each) and 600 other digits."""
+    train = load_digits_builtin(split="train")
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), 12, replace=False)
+                          for c in range(10)])
+    site = train.subset(idx)
+    local_idx, val_idx = stratified_split(site.labels, 0.75, seed=0)
+    others = train.subset(np.setdiff1d(np.arange(len(train)), idx)[:600])
+    return site.subset(local_idx), site.subset(val_idx), others
+
+
+def _decide(local, val, x, y):
+    return decide(local, val, x, y, num_classes=10, seeds=3, epochs=4, site_epochs=15)
+
+
+def test_stratified_split_keeps_each_class_on_both_sides_and_is_disjoint():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 1)
+    local, val = stratified_split(labels, 0.3, seed=1)
+    assert np.intersect1d(local, val).size == 0
+    assert np.array_equal(np.sort(np.concatenate([local, val])), np.arange(14))
+    assert np.bincount(labels[val], minlength=3).tolist() == [3, 1, 0]  # singletons stay local
+    assert np.bincount(labels[local], minlength=3).tolist() == [7, 2, 1]
+
+
+def test_synthetic_data_that_helps_gives_use_with_an_interval_above_zero(small_site):
+    # Prepare: "synthetic" data from a perfect generator (other real digits)
+    local, val, others = small_site
+
+    # Execute
+    d = _decide(local, val, others.images, others.labels)
+
+    # Assert: structure, the interval around the gain, and the recommendation
+    assert set(d["options"]) == set(OPTIONS)
+    for o in d["options"].values():
+        assert len(o["accuracy-per-seed"]) == 3
+        assert o["accuracy"] == pytest.approx(np.mean(o["accuracy-per-seed"]))
+        assert o["worst-seed-accuracy"] == min(o["accuracy-per-seed"])
+    best = d["options"][d["best-synthetic-option"]]
+    lo, hi = d["gain-interval"]
+    assert lo <= d["gain"] <= hi and d["gain"] == pytest.approx(
+        best["accuracy"] - d["options"]["local"]["accuracy"])
+    assert d["interval-level"] == pytest.approx(0.975)
+    assert (d["local-records"], d["validation-records"], d["synthetic-records"]) == (30, 90, 600)
+    assert lo > 0 and d["recommendation"] == f"use {d['best-synthetic-option']}"
+    assert d["use-synthetic"] is True
+    json.dumps(d)
+
+
+def test_noise_as_synthetic_data_gives_do_not_use(small_site):
+    local, val, _ = small_site
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (600, 8, 8, 1), dtype=np.uint8)
+
+    d = _decide(local, val, noise, rng.integers(0, 10, 600))
+
+    assert d["gain-interval"][0] <= 0
+    assert d["recommendation"] == "do not use" and d["use-synthetic"] is False
+
+
+def test_site_decision_samples_the_model_and_reads_only_the_train_split(tmp_path):
+    _tiny_model(tmp_path / "m")
+    train = load_digits_builtin(split="train")
+    site = train.subset(np.arange(80))
+
+    d = site_decision(tmp_path / "m", site, val_fraction=0.3, seeds=1, num_samples=40,
+                      seed=0, steps=2, epochs=1, site_epochs=2)
+
+    assert d["synthetic-records"] == 40 and d["seeds"] == 1 and d["policy"] == "default"
+    assert d["local-records"] + d["validation-records"] == 80
+    assert d["recommendation"] in ("do not use", "use synthetic-pretrain", "use synthetic-mix")
+
+
+def _site_folder(folder, names, n_per_class=10, mode="L"):
+    digits = load_digits_builtin(split="train")
+    for c, name in enumerate(names):
+        (folder / name).mkdir(parents=True)
+        for i, img in enumerate(digits.images[digits.labels == c][:n_per_class]):
+            pic = Image.fromarray(img[..., 0]).convert(mode)
+            pic.save(folder / name / f"{i}.png")
+    return folder
+
+
+def test_evaluate_site_data_prints_a_table_and_writes_decision_json(tmp_path, capsys):
+    # Prepare: a site folder that lacks classes 7-9 (matched to the model's by name)
+    _tiny_model(tmp_path / "m")
+    site = _site_folder(tmp_path / "site", [str(c) for c in range(7)])
+
+    # Execute
+    rc = main(["evaluate", "--model", str(tmp_path / "m"), "--site-data", str(site),
+               "--seeds", "1", "--num-samples", "30", "--steps", "2", "--quick",
+               "--out", str(tmp_path / "r")])
+
+    # Assert
+    out = capsys.readouterr().out
+    d = json.loads((tmp_path / "r" / "decision.json").read_text())
+    assert rc == 0 and "recommendation:" in out and "synthetic-pretrain" in out
+    assert d["classes-absent-at-site"] == [7, 8, 9]
+    assert d["local-records"] + d["validation-records"] == 70
+    assert d["settings"]["site-epochs"] == 10
+
+
+def test_bad_site_data_is_refused(tmp_path, capsys):
+    _tiny_model(tmp_path / "m")
+    digits = load_digits_builtin(split="train").subset(np.arange(100))
+    rgb = ImageDataset(np.repeat(digits.images, 3, axis=-1), digits.labels,
+                       digits.class_names, "rgb")
+    with pytest.raises(DataError, match="channel"):
+        site_decision(tmp_path / "m", rgb, num_samples=10, steps=2)
+    other = ImageDataset(digits.images, digits.labels % 3, ("a", "b", "c"), "abc")
+    with pytest.raises(DataError, match="classes"):
+        site_decision(tmp_path / "m", other, num_samples=10, steps=2)
+    with pytest.raises(DataError, match="too small"):
+        site_decision(tmp_path / "m", digits.subset(np.arange(12)), num_samples=10, steps=2)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        site_decision(tmp_path / "m", digits, val_fraction=1.5, num_samples=10, steps=2)
+    with pytest.raises(ConfigError, match="seeds"):
+        site_decision(tmp_path / "m", digits, seeds=0, num_samples=10, steps=2)
+    rc = main(["evaluate", "--model", str(tmp_path / "m")])
+    assert rc == 2 and "--site-data" in capsys.readouterr().err
