@@ -2,9 +2,10 @@
 (one SuperLink, two SuperNodes, separate processes on 127.0.0.1, TLS + node authentication).
 
 The real-process tests are slow: every round starts a fresh ClientApp process per hospital
-that imports torch, so two rounds take about 3 to 4 minutes on 2 shared cores. They run
-when CI=true (set by CI services) or FEDAUG_DEPLOY_TESTS=1, and skip otherwise. The crash
-test adds about 2 more minutes and runs only with FEDAUG_DEPLOY_FAULT=1.
+that imports torch, so two rounds take about 3 to 4 minutes on 2 shared cores. They carry
+the ``integration`` marker (``pytest -m "not integration"`` leaves them out). The crash test
+waits for Flower's heartbeat timeout, about 2 minutes more, and is also marked ``slow``: it
+runs with ``pytest -m slow``.
 """
 
 from __future__ import annotations
