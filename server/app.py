@@ -17,8 +17,7 @@ from fedaug import keys
 from fedaug.atomic import atomic_write_bytes
 from fedaug.augment import Policy
 from fedaug.config import RunConfig
-from fedaug.data import load_image_source
-from fedaug.errors import ConfigError, FedaugError
+from fedaug.errors import ConfigError
 from fedaug.generator import (
     GeneratorConfig,
     build_train_scheduler,
@@ -27,6 +26,7 @@ from fedaug.generator import (
     to_uint8,
     write_sample_grid,
 )
+from fedaug.generator.recipe import resolve_run
 from fedaug.logs import ensure_logging
 from fedaug.privacy import PrivacyLedger
 from fedaug.server.checkpoint import (
@@ -40,7 +40,7 @@ from fedaug.server.checkpoint import (
 from fedaug.server.strategy import FedAugStrategy, RoundSummary
 from fedaug.server.warmup import collect_central_images, pretrain_on_central_images
 
-__all__ = ["app", "main", "run_server", "generator_config_for", "load_policy"]
+__all__ = ["app", "main", "run_server", "load_policy"]
 
 log = logging.getLogger("fedaug.server")
 app = ServerApp()
@@ -54,35 +54,6 @@ def main(grid: Grid, context: Context) -> None:
     if run.server_threads:
         torch.set_num_threads(run.server_threads)
     run_server(grid, run, wait_for_sites_s=run.wait_for_sites_s)
-
-
-def generator_config_for(run: RunConfig) -> tuple[GeneratorConfig, tuple[str, ...]]:
-    """Generator shape and class names: from the run config, else from the data source.
-
-    A deployed server has no data: it must be given ``image-size``, ``channels`` and
-    ``class-names``. In simulation they are read from the (shared) data source.
-    """
-    names = tuple(c.strip() for c in run.class_names.split(",") if c.strip())
-    if run.image_size and run.channels and names:
-        size, channels = run.image_size, run.channels
-    else:
-        try:
-            data = load_image_source(run.data, split="train", size=run.image_size or None,
-                                     seed=run.seed, labels=run.labels)
-        except FedaugError as err:
-            raise ConfigError(
-                "The server could not work out the image size, channels and classes.",
-                value=run.data,
-                fix="Set run config image-size, channels and class-names (a deployed server "
-                "has no data), or a data source the server can read in simulation.",
-            ) from err
-        size, _, channels = data.image_shape
-        names = names or data.class_names
-    cfg = GeneratorConfig(image_size=size, channels=channels, num_classes=len(names),
-                          block_out_channels=run.channels_tuple,
-                          layers_per_block=run.layers_per_block,
-                          prediction_type=run.prediction_type)
-    return cfg, names
 
 
 def load_policy(spec: str) -> Policy:
@@ -136,7 +107,10 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
                wait_for_sites_s: float = 0.0) -> FedAugStrategy:
     """Run the federation on ``grid`` and publish ``OUT/global`` after every round."""
     run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    gen_config, class_names = generator_config_for(run)
+    run, gen_config, class_names, recipe = resolve_run(run)
+    if recipe:
+        log.info("automatic recipe (docs/dp-recipe.md): %s",
+                 ", ".join(f"{k}={v['value']}" for k, v in recipe.items()))
     out = Path(run.out_dir)
     earlier = holds_a_run(out)
     if earlier and not run.resume:
@@ -169,6 +143,8 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
             "sites": strategy.site_cards(),
             "ended-early": strategy.ended,
             "train-settings": settings.to_mapping(),
+            "prediction-type": gen_config.prediction_type,
+            "recipe-auto": recipe,
             "institution-level-dp": (None if strategy.central_ledger is None else {
                 "noise-multiplier": run.central_noise_multiplier,
                 "clip-norm": run.central_clip_norm,

@@ -18,16 +18,24 @@ DEFAULT_SAMPLE_STEPS = 25
 #: (Karras et al. 2022's preconditioning, see ``fedaug.generator.model.diffusion_target``).
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 
-__all__ = ["RunConfig", "TrainSettings", "NodeConfig", "settings_help"]
+#: The value of a recipe key left to the rules of ``fedaug.generator.recipe`` (the server
+#: resolves it from what it knows of the data and the budget; docs/dp-recipe.md).
+AUTO = "auto"
+
+__all__ = ["AUTO", "RunConfig", "TrainSettings", "NodeConfig", "settings_help"]
 
 T = TypeVar("T", bound="_Settings")
 
 
 def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-         choices: tuple[str, ...] | None = None, lo_open: bool = False) -> Any:
+         choices: tuple[str, ...] | None = None, lo_open: bool = False,
+         kind: type | None = None) -> Any:
+    """One setting. ``kind`` is its type where the default is ``AUTO`` (a recipe key: the
+    value ``"auto"`` or one of that type)."""
     return field(
         default=default,
-        metadata={"help": help, "lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open},
+        metadata={"help": help, "lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open,
+                  "kind": kind},
     )
 
 
@@ -56,8 +64,14 @@ class _Settings:
                             else f"known: {', '.join(sorted(known))}")
                     problems.append(f"unknown key {key!r} ({hint})")
                 continue
-            value, problem = _coerce(raw, type(f.default))
+            if f.metadata.get("kind") is not None and raw == AUTO:
+                values[f.name] = AUTO
+                continue
+            value, problem = _coerce(raw, f.metadata.get("kind") or type(f.default))
             if problem:
+                if f.metadata.get("kind") is not None:
+                    problem += f' or "{AUTO}"'
+
                 problems.append(f"{key}: {problem}, got {raw!r}")
                 continue
             problem = _check_range(value, f.metadata)
@@ -176,11 +190,20 @@ def _same(name: str) -> Any:
     return field(default=f.default, metadata=f.metadata)
 
 
+def _auto(name: str, help: str) -> Any:
+    """TrainSettings' option ``name`` as a recipe key: ``"auto"`` by default (the rule in
+    docs/dp-recipe.md decides), or an explicit value in the same range."""
+    f = TrainSettings.__dataclass_fields__[name]
+    return field(default=AUTO, metadata={**f.metadata, "kind": type(f.default),
+                                         "help": f"{f.metadata['help']}; auto: {help}"})
+
+
 @dataclass(frozen=True)
 class RunConfig(_Settings):
     """Every run-config key of the Flower app with its default (mirrors pyproject.toml)."""
 
-    num_server_rounds: int = _opt(30, "federated rounds", lo=1, hi=10_000)
+    num_server_rounds: int | str = _opt(AUTO, "federated rounds; auto: 30 for images up to "
+                                        "16 px, 20 above", lo=1, hi=10_000, kind=int)
     fraction_train: float = _opt(1.0, "fraction of sites selected per round", lo=0.0, lo_open=True,
                                  hi=1.0)
     min_sites: int = _opt(2, "fewest sites a round needs; the run ends cleanly below it", lo=1)
@@ -200,9 +223,11 @@ class RunConfig(_Settings):
     epsilon: float = _opt(10.0, "per-site epsilon budget in simulation (deployed sites set their "
                           "own with node config epsilon-budget)", lo=0.0, lo_open=True)
     delta: float = _opt(1e-5, "per-site delta in simulation", lo=0.0, lo_open=True, hi=0.1)
-    local_steps: int = _same("local_steps")
-    local_epochs: float = _same("local_epochs")
-    batch_size: int = _same("batch_size")
+    local_steps: int | str = _auto("local_steps", "1")
+    local_epochs: float | str = _auto("local_epochs", "1 (one expected pass over the site's "
+                                      "data per round), or 0 when local-steps is set")
+    batch_size: int | str = _auto("batch_size", "512 (a site of up to 512 examples takes "
+                                  "full batches)")
     learning_rate: float = _same("learning_rate")
     max_grad_norm: float = _same("max_grad_norm")
     noise_multiplicity: int = _same("noise_multiplicity")
@@ -240,19 +265,22 @@ class RunConfig(_Settings):
     policy: str = _opt("", "augmentation policy: a JSON file path, or '' for the default policy")
     model_channels: str = _opt("8,16", "UNet block_out_channels, comma-separated")
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
-    prediction_type: str = _opt("sample", "what the UNet predicts: sample (x0), epsilon, "
+    prediction_type: str = _opt(AUTO, "what the UNet predicts: sample (x0), epsilon, "
                                 "v_prediction, or edm (x0 = c_skip * input + c_out * output "
-                                "with sigma_data 0.5)", choices=PREDICTION_TYPES)
+                                "with sigma_data 0.5); auto: sample for images up to 16 px, "
+                                "edm above", choices=(AUTO, *PREDICTION_TYPES))
     warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
                                           "pixel sums with this Gaussian noise multiplier once "
                                           "per run (charged to its ledger; a site raises it so "
                                           "the release spends at most half of the budget it has "
                                           "left); the server pretrains "
                                           "on the resulting central images (0 = off)", lo=0.0)
-    warmup_size: int = _opt(0, "side of the images whose class sums the warm start releases "
-                            "(0 = the generator's image size); half the side halves the noise "
-                            "per pixel at the same epsilon, and the server upsamples the "
-                            "central images", lo=0, hi=512)
+    warmup_size: int | str = _opt(AUTO, "side of the images whose class sums the warm start "
+                                  "releases (0 = the generator's image size); half the side "
+                                  "halves the noise per pixel at the same epsilon, and the "
+                                  "server upsamples the central images; auto: half the image "
+                                  "size at epsilon <= 1 for images above 16 px, else the "
+                                  "image size", lo=0, hi=512, kind=int)
     warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
@@ -276,8 +304,18 @@ class RunConfig(_Settings):
                               "with a robust one.", value=self.aggregation,
                               fix="Set aggregation = mean with central DP.")
 
+    @property
+    def auto_keys(self) -> tuple[str, ...]:
+        """The recipe keys still ``"auto"`` (none once the server resolved the recipe)."""
+        return tuple(k for k, v in self.to_mapping().items() if v == AUTO)
+
     def train_settings(self) -> TrainSettings:
-        """The subset sent to sites each round."""
+        """The subset sent to sites each round (of a resolved run config)."""
+        unresolved = [k for k in self.auto_keys if k in _TRAIN_KEYS]
+        if unresolved:
+            raise ConfigError(
+                "The run config still has recipe keys set to auto: " + ", ".join(unresolved)
+                + ".", fix="Resolve it first: fedaug.generator.recipe.resolve_run(run).")
         mapping = self.to_mapping()
         return TrainSettings.from_mapping(
             {_key(f.name): mapping[_key(f.name)] for f in fields(TrainSettings)},
@@ -297,6 +335,9 @@ class RunConfig(_Settings):
                 fix='Use e.g. "32,64".',
             )
         return chans
+
+
+_TRAIN_KEYS = frozenset(_key(f.name) for f in fields(TrainSettings))
 
 
 def settings_help(cls: type[_Settings] = RunConfig) -> str:

@@ -869,12 +869,15 @@ def run_dp_audit_command(args: Any) -> int:
     import logging
     import sys
 
+    from fedaug.generator.recipe import resolve_for_data
+
     log = logging.getLogger("fedaug.evaluate")
     run, scenario_sites = _scenario(args.config, args.set or [], args.epsilon)
     num_sites = args.num_sites or scenario_sites
     data = site_dataset(run, source=args.data, site=args.site,
                         num_sites=num_sites if args.site is not None else None,
                         max_records=args.max_records)
+    run = resolve_for_data(run, data)
     unet, scheduler, _ = site_generator(run, data, args.model)
     history = site_release_history(run, epsilon=args.epsilon, delta=args.delta)
     plan = plan_site_training(run, len(data), epsilon=args.epsilon, delta=args.delta,

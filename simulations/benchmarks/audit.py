@@ -41,6 +41,7 @@ from fedaug.evaluate.dp_audit import (  # noqa: E402
     site_augmenter,
     site_generator,
 )
+from fedaug.generator.recipe import resolve_for_data  # noqa: E402
 from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier  # noqa: E402
 from fedaug.scenario import load_scenario  # noqa: E402
 
@@ -69,6 +70,7 @@ def site_plan(scenario: Path, epsilon: float, workdir: Path, *, data: str | None
                        partition_id=index, num_partitions=num_sites, epsilon_budget=epsilon,
                        delta=run.delta, registry_dir=workdir / "registry", labels=run.labels)
     records = load_site_data(site, run)
+    run = resolve_for_data(run, records)
     ledger, planner = open_ledger(site, records)
     run_id = "audit"
     count = released_count(site, ledger, planner, num_examples=len(records), run_id=run_id,

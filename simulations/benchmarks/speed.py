@@ -41,6 +41,7 @@ from fedaug.generator import (  # noqa: E402
     train_dp,
     train_nondp,
 )
+from fedaug.generator.recipe import resolve_for_data  # noqa: E402
 from fedaug.privacy import NoiseSource  # noqa: E402
 from fedaug.scenario import load_scenario  # noqa: E402
 
@@ -66,7 +67,8 @@ def pneumonia_scenario_run() -> RunConfig:
     """
     scenario = load_scenario(ROOT / "simulations" / "pneumonia.toml")
     scenario.pop("num-sites", None)
-    return RunConfig.from_mapping(scenario, source="simulations/pneumonia.toml")
+    run = RunConfig.from_mapping(scenario, source="simulations/pneumonia.toml")
+    return resolve_for_data(run, load_medmnist(_pneumonia_path(), split="train"))
 
 
 def bench_training(run: RunConfig, *, steps: int, batch: int, data=None,
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the DP-vs-non-DP step rows (with the secure noise source's cost)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    run = RunConfig()
+    run = resolve_for_data(RunConfig(), load_digits_builtin(split="train"))
     q = args.quick
     t0 = time.perf_counter()
     # training: each side at every thread count this machine offers (up to 2)

@@ -31,6 +31,7 @@ from fedaug.data import ImageDataset, load_digits_builtin
 from fedaug.errors import ConfigError
 from fedaug.evaluate import dp_audit
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
+from fedaug.generator.recipe import resolve_run
 from fedaug.privacy import NoiseSource, compose_epsilon, plan_noise_multiplier
 from fedaug.privacy.auditing import epsilon_lower_bound, one_run_p_value
 
@@ -373,8 +374,9 @@ def test_plan_matches_the_sites_own_planning(tmp_path):
     from fedaug.client.train import plan_round
     from fedaug.privacy import BudgetPlanner, PrivacyLedger
 
-    run = RunConfig.from_mapping({"batch-size": 64, "local-epochs": 1.0, "epsilon": 3.0,
-                                  "num-server-rounds": 5}, source="test")
+    run = resolve_run(RunConfig.from_mapping({"batch-size": 64, "local-epochs": 1.0,
+                                              "epsilon": 3.0, "num-server-rounds": 5},
+                                             source="test"))[0]
     site = SiteContext(name="s", state_dir=tmp_path / "state", data="digits", partition_id=0,
                        num_partitions=1, epsilon_budget=3.0, delta=DELTA,
                        registry_dir=tmp_path / "registry")
@@ -395,7 +397,7 @@ def test_plan_matches_the_sites_own_planning(tmp_path):
 
 def test_plan_refusals():
     # Prepare
-    run = RunConfig()
+    run = resolve_run(RunConfig())[0]
 
     # Execute / Assert
     with pytest.raises(ConfigError, match="delta"):

@@ -37,6 +37,11 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     assert card["rounds"] == 1
     assert card["classes"] == [str(i) for i in range(10)]
     assert card["image-shape"] == [8, 8, 1]
+    # the automatic recipe filled the keys TINY leaves open, and the card says which
+    assert card["prediction-type"] == "sample"
+    assert set(card["recipe-auto"]) == {"prediction-type", "local-epochs", "warmup-size"}
+    assert card["train-settings"]["local-epochs"] == 0.0  # local-steps was given
+    assert card["train-settings"]["local-steps"] == 2
     Policy.from_dict(card["policy"])
     # the global policy beside the model, ready for `fedaug augment --policy`
     assert Policy.from_json((out / "global" / "policy.json").read_text()) == \
