@@ -20,8 +20,8 @@ from fedaug.privacy.registry import (
     source_fingerprint,
 )
 
-__all__ = ["SiteContext", "resolve_site", "load_site_data", "open_ledger", "spent_epsilon",
-           "check_fits"]
+__all__ = ["SiteContext", "resolve_site", "load_site_data", "simulated_site_data",
+           "open_ledger", "spent_epsilon", "check_fits"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,15 @@ def _partitions(source: str, labels: str, size: int | None, num_sites: int, sche
     full = load_image_source(source, split="train", size=size, seed=seed, labels=labels)
     parts = partition(full.labels, num_sites, scheme=scheme, alpha=alpha, seed=seed)
     return full, tuple(parts)
+
+
+def simulated_site_data(run: RunConfig, partition_id: int, num_partitions: int
+                        ) -> ImageDataset:
+    """The training data of simulated site ``partition_id`` of ``num_partitions`` (what the
+    researcher who runs the simulation holds anyway)."""
+    full, parts = _partitions(run.data, run.labels, run.image_size or None, num_partitions,
+                              run.partition, run.alpha, run.seed)
+    return full.subset(parts[partition_id])
 
 
 def load_site_data(site: SiteContext, run: RunConfig) -> ImageDataset:

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last completed round (without it, "
                    "an --out that holds a run is refused before anything is spent)")
+    s.add_argument("--no-site-decisions", action="store_true",
+                   help="skip the end-of-run check in which each simulated site decides, on a "
+                   "validation part of its own data, whether the synthetic data helps it "
+                   "(as `fedaug evaluate --site-data`; written to the model card)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_simulate)
 
@@ -76,7 +80,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     run = RunConfig.from_mapping(scenario, source=str(args.config or DEFAULT_SCENARIO))
     before = _spent_so_far(Path(run.out_dir), run.delta)
     with logging_redirect_tqdm(loggers=[logging.getLogger("fedaug")]):  # bars and lines apart
-        strategy = simulate(run, num_sites=num_sites, progress=not args.no_progress)
+        strategy = simulate(run, num_sites=num_sites, progress=not args.no_progress,
+                            site_decisions=not args.no_site_decisions)
     out = Path(run.out_dir)
     print()
     print(f"fedaug simulate finished: {len(strategy.rounds)} round(s), "
@@ -88,12 +93,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  {card['site']:<10} ~{card['num-examples']:>7.0f} examples (noisy count)  "
               f"epsilon {spent:.3f} this run, {card['epsilon']:.3f} of {card['budget']:.2f} "
               f"in total (delta {card['delta']:g})")
+    for d in _site_decisions(out):
+        if d.get("recommendation") is None:
+            print(f"  {d['site']:<10} synthetic data: no decision ({d.get('reason', '')})")
+            continue
+        lo, hi = d["gain-interval"]
+        print(f"  {d['site']:<10} synthetic data: {d['recommendation']} ({d['option']}: "
+              f"validation gain {d['gain']:+.3f}, [{lo:+.3f}, {hi:+.3f}])")
     print(f"  global model : {out / 'global'}  (FedaugPipeline.from_pretrained(...))")
     print(f"  policy       : {out / 'global' / 'policy.json'}  (fedaug augment --policy ...)")
     print(f"  model card   : {out / 'global' / 'model_card.json'}")
     print(f"  sample grid  : {out / 'sample_grid.png'}")
     print(f"  site ledgers : {out / 'sites'}/<site>/  (fedaug privacy show --state-dir ...)")
     return 0
+
+
+def _site_decisions(out: Path) -> list[dict]:
+    """The simulated sites' decisions of this run, from the model card."""
+    import json
+
+    card = out / "global" / "model_card.json"
+    if not card.is_file():
+        return []
+    return (json.loads(card.read_text(encoding="utf-8")).get("site-decisions") or {}
+            ).get("sites", [])
 
 
 def _spent_so_far(out: Path, delta: float) -> dict[str, float]:

@@ -21,13 +21,17 @@ log = logging.getLogger("fedaug.simulation")
 
 def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
              progress: bool = True, node_overrides: dict[int, dict[str, Any]] | None = None,
-             grid_hook: Any = None, audit: bool = True) -> FedAugStrategy:
+             grid_hook: Any = None, audit: bool = True,
+             site_decisions: bool = False) -> FedAugStrategy:
     """Simulate ``num_sites`` sites on this machine with the real Client and Server apps.
 
     Site ``i`` trains on partition ``i`` of ``run.data`` and keeps its privacy ledger in
     ``OUT/sites/site-i``. ``node_overrides`` adds node config per site (e.g. a smaller
     ``epsilon-budget`` for one site). With ``audit`` the model card gets a privacy audit
-    (memorization rate, membership-inference AUC) against the data's test split.
+    (memorization rate, membership-inference AUC) against the data's test split. With
+    ``site_decisions`` every simulated site decides, on a validation part of its own data,
+    whether to use the global model's synthetic data (``fedaug evaluate --site-data``), and
+    the model card gets the decisions (``site-decisions``).
     """
     node_configs = {
         1000 + i: {keys.NODE_PARTITION_ID: i, keys.NODE_NUM_PARTITIONS: num_sites,
@@ -38,13 +42,64 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
                          progress=progress)
     if grid_hook is not None:
         grid_hook(grid)
-    log.info("simulating %d sites on %s (%s, alpha=%s), %d rounds, epsilon budget %.2f per "
+    log.info("simulating %d sites on %s (%s, alpha=%s), %s rounds, epsilon budget %.2f per "
              "site", num_sites, run.data, run.partition, run.alpha, run.num_server_rounds,
              run.epsilon)
     strategy = run_server(grid, run)
     if audit and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
         _audit_into_card(run)
+    if site_decisions and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
+        decisions_into_card(run, num_sites=num_sites, progress=progress)
     return strategy
+
+
+def decisions_into_card(run: RunConfig, *, num_sites: int, progress: bool = False,
+                        test: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
+    """Each simulated site's decision on the global model's synthetic data (one draw of
+    synthetic samples for all sites), logged one line per site and written to the model
+    card as ``site-decisions``. ``test``: see :func:`fedaug.evaluate.decision.decide`."""
+    from fedaug.client.site import simulated_site_data
+    from fedaug.errors import FedaugError
+    from fedaug.evaluate.decision import site_decision
+    from fedaug.generator.card import update_model_card
+    from fedaug.generator.generate import generate
+
+    model = Path(run.out_dir) / "global"
+    seed = run.seed if seed is None else seed
+    data = [simulated_site_data(run, i, num_sites) for i in range(num_sites)]
+    per_class = max(100, min(500, max(len(d) for d in data) // 2))
+    syn_x, syn_y, names = generate(model, num_samples=per_class * len(data[0].class_names),
+                                   seed=seed, steps=run.sample_steps,
+                                   progress=progress and sys.stderr.isatty())
+    out = []
+    for i, site in enumerate(data):
+        name = f"site-{i}"
+        try:
+            d = site_decision(model, site, seed=seed, synthetic=(syn_x, syn_y), test=test,
+                              steps=run.sample_steps)
+        except FedaugError as err:  # a site too small to split: say so, decide nothing
+            log.warning("%s: no decision on the synthetic data: %s", name, err)
+            out.append({"site": name, "records": len(site), "recommendation": None,
+                        "reason": str(err)})
+            continue
+        # the recommended option, or the best one when none is recommended
+        option = (d["recommendation"].removeprefix("use ") if d["use-synthetic"]
+                  else d["best-synthetic-option"])
+        entry = {"site": name, "records": len(site), "recommendation": d["recommendation"],
+                 "option": option, "gain": d["options"][option]["gain"],
+                 "gain-interval": d["options"][option]["gain-interval"],
+                 "interval-level": d["interval-level"],
+                 "classes-absent-at-site": [names[c] for c in d["classes-absent-at-site"]],
+                 "options": d["options"]}
+        out.append(entry)
+        log.info("%s (%d records): %s; %s, validation gain %+.3f [%+.3f, %+.3f]", name,
+                 len(site), d["recommendation"], option, entry["gain"], *entry["gain-interval"])
+    update_model_card(model, {"site-decisions": {
+        "definition": "each simulated site's decision on its own data, as `fedaug evaluate "
+                      "--site-data` makes it: validation accuracy of training with the "
+                      "synthetic data (pretraining or mixing) against its local data alone",
+        "synthetic-samples": int(len(syn_x)), "sites": out}})
+    return out
 
 
 def _audit_into_card(run: RunConfig) -> None:

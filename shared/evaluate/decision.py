@@ -117,10 +117,13 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
            syn_y: np.ndarray, *, num_classes: int, seeds: int = 3, seed: int = 0,
            policy: Policy | None = None, epochs: int = PRETRAIN_EPOCHS,
            site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
-           bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None
-           ) -> dict[str, Any]:
+           bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None,
+           test: ImageDataset | None = None) -> dict[str, Any]:
     """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
     ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
+
+    ``test``: records the decision never sees (a benchmark's test split); each option's
+    mean accuracy on them is added as ``test-accuracy``, to check the decision afterwards.
 
     ``syn_x``/``syn_y``: the synthetic images (uint8 N, H, W, C, the site's shape) and
     labels in ``[0, num_classes)``. ``progress(1)`` is called after each seed.
@@ -152,6 +155,7 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     mix_x = np.concatenate([local.images, syn_x])
     mix_y = np.concatenate([local.labels, syn_y])
     correct = {o: [] for o in OPTIONS}
+    test_correct: dict[str, list] = {o: [] for o in OPTIONS}
     for s in range(seed, seed + seeds):
         site = {"num_classes": k, "seed": s, "epochs": site_epochs, "batch_size": SITE_BATCH,
                 "class_weight": "balanced", "augment": _augmenter(policy, s)}
@@ -168,6 +172,8 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         }
         for name, clf in clfs.items():
             correct[name].append(clf.predict(validation.images) == validation.labels)
+            if test is not None:
+                test_correct[name].append(clf.predict(test.images) == test.labels)
         if progress is not None:
             progress(1)
     hits = {o: np.asarray(v, dtype=np.float64) for o, v in correct.items()}  # seeds x records
@@ -178,6 +184,8 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         entry: dict[str, Any] = {"accuracy": float(per_seed.mean()),
                                  "worst-seed-accuracy": float(per_seed.min()),
                                  "accuracy-per-seed": [float(a) for a in per_seed]}
+        if test is not None:
+            entry["test-accuracy"] = float(np.mean(test_correct[name]))
         if name != "local":
             diff = hits[name] - hits["local"]
             lo, hi = _bootstrap_gain(diff, draws=bootstrap, level=level, seed=seed + 1000 * i)
@@ -255,12 +263,16 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
                   seed: int = 0, site_labels: str | Path | None = None,
                   steps: int = DEFAULT_SAMPLE_STEPS, epochs: int = PRETRAIN_EPOCHS,
                   site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
-                  bootstrap: int = BOOTSTRAP, progress: bool = False) -> dict[str, Any]:
+                  bootstrap: int = BOOTSTRAP, progress: bool = False,
+                  synthetic: tuple[np.ndarray, np.ndarray] | None = None,
+                  test: ImageDataset | None = None) -> dict[str, Any]:
     """Decide whether the site holding ``site_data`` should use ``model_dir``'s synthetic
     data (module docstring). ``site_data``: a source for
     :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
     model's size; ``site_labels`` for a DICOM folder) or an :class:`ImageDataset`.
-    ``num_samples`` synthetic samples are drawn, balanced over the classes.
+    ``num_samples`` synthetic samples are drawn, balanced over the classes, unless
+    ``synthetic`` (images, labels) gives them (several sites deciding on one draw).
+    ``test``: see :func:`decide`.
     """
     from fedaug.data import load_image_source
     from fedaug.generator import load_generator
@@ -288,8 +300,12 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
                             f"than {MIN_RECORDS}.", value=len(site),
                             fix="use a site with more records, or change --val-fraction.")
     policy, policy_source = model_policy(model_dir)
-    syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
-                               progress=progress)
+    if synthetic is None:
+        syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
+                                   progress=progress)
+    else:
+        syn_x, syn_y = synthetic
+        num_samples = len(syn_x)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -299,7 +315,7 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
         result = decide(local, validation, syn_x, syn_y, num_classes=config.num_classes,
                         seeds=seeds, seed=seed, policy=policy, epochs=epochs,
                         site_epochs=site_epochs, confidence=confidence, bootstrap=bootstrap,
-                        progress=None if bar is None else bar.update)
+                        progress=None if bar is None else bar.update, test=test)
     finally:
         if bar is not None:
             bar.close()

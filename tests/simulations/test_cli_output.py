@@ -3,6 +3,7 @@ second run into the same folder refused before anything is spent."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,21 @@ def test_the_main_job_logs_one_line_per_event_and_refuses_a_second_run(tmp_path)
     assert "INFO:" not in first.stderr  # nothing through the root logger's format
     assert "fedaug simulate finished: 2 round(s), 2 aggregated." in first.stdout
     assert "this run" in first.stdout and "in total" in first.stdout
+    # each simulated site's decision on the synthetic data: a log line, a summary line and
+    # the model card
+    decided = [line for line in lines if "fedaug.simulation: site-" in line]
+    assert [d.split("site-")[1][:1] for d in decided] == ["0", "1"]
+    assert all("use" in d and "validation gain" in d for d in decided)
+    assert first.stdout.count("synthetic data: ") == 2
+    card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
+    sites = card["site-decisions"]["sites"]
+    assert [s["site"] for s in sites] == ["site-0", "site-1"]
+    for s in sites:
+        lo, hi = s["gain-interval"]
+        assert lo <= s["gain"] <= hi
+        assert s["recommendation"] in ("do not use", "use synthetic-pretrain",
+                                       "use synthetic-mix")
+        assert (s["recommendation"] != "do not use") == (lo > 0)
     # the second run is refused before anything is spent, naming --resume
     assert second.returncode == 2
     assert "already holds a run" in second.stderr and "--resume" in second.stderr
