@@ -281,7 +281,9 @@ class RunConfig(_Settings):
                                   "server upsamples the central images; auto: half the image "
                                   "size at epsilon <= 1 for images above 16 px, else the "
                                   "image size", lo=0, hi=512, kind=int)
-    warmup_steps: int = _opt(300, "server pretraining steps on the central images", lo=0)
+    warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the central images; "
+                                   "auto: 1000 for images up to 16 px, 300 above", lo=0,
+                                   kind=int)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     server_threads: int = _opt(0, "torch threads of a deployed ServerApp (0 = torch's "

@@ -83,12 +83,12 @@ def decisions_into_card(run: RunConfig, *, num_sites: int, progress: bool = Fals
                         "reason": str(err)})
             continue
         # the recommended option, or the best one when none is recommended
-        option = (d["recommendation"].removeprefix("use ") if d["use-synthetic"]
-                  else d["best-synthetic-option"])
+        option = d["recommended-option"] or d["best-synthetic-option"]
         entry = {"site": name, "records": len(site), "recommendation": d["recommendation"],
                  "option": option, "gain": d["options"][option]["gain"],
                  "gain-interval": d["options"][option]["gain-interval"],
-                 "interval-level": d["interval-level"],
+                 "interval-level": d["interval-level"], "use-synthetic": d["use-synthetic"],
+                 "rule": d["rule"],
                  "classes-absent-at-site": [names[c] for c in d["classes-absent-at-site"]],
                  "options": d["options"]}
         out.append(entry)

@@ -29,6 +29,12 @@ So the site answers it on its OWN data, without touching its test split:
    ``1 - (1 - confidence) / 2``: picking the better of two noisy options must not turn
    noise into a recommendation. Among options whose interval clears 0, the one with
    the higher lower end is recommended.
+5. A site that lacks some of the federation's classes cannot measure, on its own records,
+   what the synthetic data gives it on those classes, and its local data alone never
+   predicts them. For such a site the test on the present classes is one of
+   non-inferiority: an option is recommended for the classes the site lacks when its
+   interval's lower end lies above ``-absent_margin`` (default 0.05, five points), i.e.
+   when it costs the present classes at most that much at the interval's level.
 
 :func:`site_decision` loads the site's data and samples the generator;
 :func:`decide` is the same decision on arrays (any synthetic set, e.g. for tests or
@@ -61,6 +67,8 @@ MIN_RECORDS = 8
 SITE_EPOCHS, SITE_BATCH, PRETRAIN_EPOCHS, PRETRAIN_BATCH = 30, 16, 8, 64
 #: Learning rate of the fine-tuning on the local part.
 FINETUNE_LR = 5e-4
+#: Largest loss on the classes present that a site lacking classes accepts (point 5 above).
+ABSENT_MARGIN = 0.05
 #: Bootstrap draws of the gain's interval.
 BOOTSTRAP = 4000
 
@@ -118,7 +126,8 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
            policy: Policy | None = None, epochs: int = PRETRAIN_EPOCHS,
            site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
            bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None,
-           test: ImageDataset | None = None) -> dict[str, Any]:
+           test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN
+           ) -> dict[str, Any]:
     """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
     ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
 
@@ -194,9 +203,14 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         options[name] = entry
     synthetic = [o for o in OPTIONS if o != "local"]
     best = max(synthetic, key=lambda o: (options[o]["accuracy"], options[o]["gain-interval"][0]))
-    cleared = [o for o in synthetic if options[o]["gain-interval"][0] > 0]
-    chosen = max(cleared, key=lambda o: options[o]["gain-interval"][0]) if cleared else None
     present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
+    absent = sorted(set(range(k)) - present)
+    bar = -absent_margin if absent else 0.0  # non-inferiority where the site lacks classes
+    cleared = [o for o in synthetic if options[o]["gain-interval"][0] > bar]
+    chosen = max(cleared, key=lambda o: options[o]["gain-interval"][0]) if cleared else None
+    recommendation = f"use {chosen}" if chosen else "do not use"
+    if chosen and absent and options[chosen]["gain-interval"][0] <= 0:
+        recommendation += f" (for the {len(absent)} class(es) this site lacks)"
     return {
         "options": options,
         "best-synthetic-option": best,
@@ -204,12 +218,15 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         "gain-interval": options[best]["gain-interval"],
         "interval-level": level,
         "confidence": confidence,
-        "recommendation": f"use {chosen}" if chosen else "do not use",
+        "recommendation": recommendation,
+        "recommended-option": chosen,
         "use-synthetic": chosen is not None,
+        "rule": (f"non-inferiority on the classes present (margin {absent_margin:g}): the "
+                 "site lacks classes" if absent else "superiority (interval above 0)"),
         "local-records": n_local,
         "validation-records": int(len(validation)),
         "synthetic-records": int(len(syn_x)),
-        "classes-absent-at-site": sorted(set(range(k)) - present),
+        "classes-absent-at-site": absent,
         "seeds": seeds,
         "settings": {"seed": seed, "epochs": epochs, "site-epochs": site_epochs,
                      "mix-epochs": mix_epochs, "bootstrap": bootstrap},

@@ -167,7 +167,7 @@ def site_release_history(run: RunConfig, *, epsilon: float | None = None,
         ledger = PrivacyLedger(tmp, site="audit", delta=float(run.delta if delta is None
                                                                else delta))
         planner = BudgetPlanner(ledger, budget)
-        if run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
+        if run.warmup_noise_multiplier > 0 and run.warmup_steps != 0:  # auto is never 0
             sigma = warmup_noise_multiplier(run.warmup_noise_multiplier, planner)
             if sigma is not None:
                 ledger.append(mechanism="gaussian", noise_multiplier=sigma, sample_rate=1.0,

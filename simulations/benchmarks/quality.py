@@ -65,7 +65,8 @@ def holdout_source(data: str, seed: int, folder: Path) -> tuple[str, ImageDatase
 
 
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
-            split: str, scenario: Path | None, overrides: dict, num_samples: int) -> dict:
+            split: str, scenario: Path | None, overrides: dict, num_samples: int,
+            site_decisions: bool = True) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
              **overrides}
     if split == "validation":
@@ -84,14 +85,14 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
     report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=seed,
                                 steps=run.sample_steps, out_dir=out / "report",
                                 small_site=None, audit=False)
-    decisions = decisions_into_card(run, num_sites=sites, test=evaluation)
+    decisions = (decisions_into_card(run, num_sites=sites, test=evaluation) if site_decisions
+                 else [])
     per_site = []
     for d in decisions:
         if d["recommendation"] is None:
             continue
         opts = d["options"]
-        chosen = d["recommendation"].removeprefix("use ") if d["recommendation"] != \
-            "do not use" else "local"
+        chosen = d["option"] if d["use-synthetic"] else "local"
         per_site.append({
             "site": d["site"], "records": d["records"], "recommendation": d["recommendation"],
             "classes-absent": d["classes-absent-at-site"],
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="run-config override, e.g. --set num-server-rounds=5")
     p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
+    p.add_argument("--no-site-decisions", action="store_true",
+                   help="skip the sites' decisions (a quicker comparison of generators)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                        alpha=args.alpha, seed=seed, split=args.split,
                                        out=base / f"eps{eps:g}-seed{seed}",
                                        scenario=args.scenario, overrides=overrides,
-                                       num_samples=args.num_samples))
+                                       num_samples=args.num_samples,
+                                       site_decisions=not args.no_site_decisions))
     budgets = sorted({r["epsilon"] for r in results}, reverse=True)
     summary = {f"{b:g}": summarize([r for r in results if r["epsilon"] == b]) for b in budgets}
     if args.json:

@@ -143,3 +143,29 @@ def test_bad_site_data_is_refused(tmp_path, capsys):
         site_decision(tmp_path / "m", digits, seeds=0, num_samples=10, steps=2)
     rc = main(["evaluate", "--model", str(tmp_path / "m")])
     assert rc == 2 and "--site-data" in capsys.readouterr().err
+
+
+def test_a_site_lacking_classes_is_judged_by_non_inferiority_on_the_classes_it_has(small_site):
+    # Prepare: the site lacks digits 7-9; "synthetic" data: noise (worthless everywhere)
+    local, val, _ = small_site
+    keep_l, keep_v = np.flatnonzero(local.labels < 7), np.flatnonzero(val.labels < 7)
+    local, val = local.subset(keep_l), val.subset(keep_v)
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (600, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 600)
+
+    # Execute: the same data under a margin no option can miss, and under none
+    lax = decide(local, val, noise, labels, num_classes=10, seeds=2, epochs=2, site_epochs=8,
+                 absent_margin=1.0)
+    strict = decide(local, val, noise, labels, num_classes=10, seeds=2, epochs=2,
+                    site_epochs=8, absent_margin=0.0)
+
+    # Assert: the margin decides, the rule and the lacking classes are named
+    assert lax["classes-absent-at-site"] == [7, 8, 9]
+    assert "non-inferiority" in lax["rule"] and lax["use-synthetic"] is True
+    option = lax["recommended-option"]
+    assert lax["options"][option]["gain-interval"][0] > -1.0
+    if lax["options"][option]["gain-interval"][0] <= 0:
+        assert lax["recommendation"] == f"use {option} (for the 3 class(es) this site lacks)"
+    assert strict["use-synthetic"] == (max(strict["options"][o]["gain-interval"][0]
+                                           for o in OPTIONS[1:]) > 0)

@@ -22,12 +22,12 @@ def _resolved(facts: RecipeFacts, **given) -> RunConfig:
     return resolve_recipe(run, facts)[0]
 
 
-def test_small_images_get_the_digits_study_recipe():
+def test_small_images_get_the_digits_recipe():
     run = _resolved(DIGITS)
     assert run.auto_keys == ()
-    assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
-        ("sample", 4096, 30, 0)
-    # one full-batch step per round, as the study's recipe takes
+    assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size,
+            run.warmup_steps) == ("edm", 4096, 60, 0, 1000)
+    # one full-batch step per round, as the digits study's recipe takes
     assert run.train_settings().steps_per_round(1.0) == 1
 
 
@@ -35,7 +35,7 @@ def test_small_images_get_the_digits_study_recipe():
 def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size):
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
-            run.warmup_size) == ("edm", 512, 1.0, 20, warmup_size)
+            run.warmup_size, run.warmup_steps) == ("edm", 512, 1.0, 20, warmup_size, 300)
     # a 3,083-film site takes about one pass of ~512-film steps per round, a 44-film site one
     settings = run.train_settings()
     assert settings.steps_per_round(512 / 3083) == math.ceil(3083 / 512)
@@ -54,7 +54,7 @@ def test_explicit_keys_are_never_changed():
         FILMS)
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
         ("sample", 64, 3, 0)
-    assert set(chosen) == {"local-epochs", "local-steps"}
+    assert set(chosen) == {"local-epochs", "local-steps", "warmup-steps"}
     assert all(chosen[k]["rule"] for k in chosen)
 
 
@@ -82,7 +82,7 @@ def test_auto_or_a_value_nothing_else():
 def test_resolve_run_reads_the_shape_from_the_data():
     run, gen, names, chosen = resolve_run(RunConfig())
     assert (gen.image_size, gen.channels, gen.num_classes, gen.prediction_type) == \
-        (8, 1, 10, "sample")
+        (8, 1, 10, "edm")
     assert len(names) == 10 and run.auto_keys == () and chosen
 
 

@@ -38,8 +38,9 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     assert card["classes"] == [str(i) for i in range(10)]
     assert card["image-shape"] == [8, 8, 1]
     # the automatic recipe filled the keys TINY leaves open, and the card says which
-    assert card["prediction-type"] == "sample"
+    assert card["prediction-type"] == "edm"
     assert set(card["recipe-auto"]) == {"prediction-type", "local-epochs", "warmup-size"}
+    # (TINY gives warmup-steps, batch-size and local-steps; the test gives the rounds)
     assert card["train-settings"]["local-epochs"] == 0.0  # local-steps was given
     assert card["train-settings"]["local-steps"] == 2
     Policy.from_dict(card["policy"])
