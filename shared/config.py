@@ -160,7 +160,8 @@ class TrainSettings(_Settings):
                                "round, that many passes over its own data in expectation "
                                "(a large site takes many subsampled steps, a small one few); "
                                "overrides local-steps", lo=0.0, hi=1000.0)
-    batch_size: int = _opt(4096, "expected (Poisson) batch size per step; capped at the site's size (the default means full batches, q=1)",
+    batch_size: int = _opt(4096, "expected (Poisson) batch size per step; capped at the "
+                           "site's size (4096: full batches on most sites, q=1)",
                            lo=1, hi=1_000_000)
     learning_rate: float = _opt(1e-2, "Adam learning rate", lo=0.0, lo_open=True, hi=1.0)
     max_grad_norm: float = _opt(0.3, "per-example clipping norm C", lo=0.0, lo_open=True)
@@ -190,20 +191,18 @@ def _same(name: str) -> Any:
     return field(default=f.default, metadata=f.metadata)
 
 
-def _auto(name: str, help: str) -> Any:
+def _auto(name: str) -> Any:
     """TrainSettings' option ``name`` as a recipe key: ``"auto"`` by default (the rule in
     docs/dp-recipe.md decides), or an explicit value in the same range."""
     f = TrainSettings.__dataclass_fields__[name]
-    return field(default=AUTO, metadata={**f.metadata, "kind": type(f.default),
-                                         "help": f"{f.metadata['help']}; auto: {help}"})
+    return field(default=AUTO, metadata={**f.metadata, "kind": type(f.default)})
 
 
 @dataclass(frozen=True)
 class RunConfig(_Settings):
     """Every run-config key of the Flower app with its default (mirrors pyproject.toml)."""
 
-    num_server_rounds: int | str = _opt(AUTO, "federated rounds; auto: 30 for images up to "
-                                        "16 px, 20 above", lo=1, hi=10_000, kind=int)
+    num_server_rounds: int | str = _opt(AUTO, "federated rounds", lo=1, hi=10_000, kind=int)
     fraction_train: float = _opt(1.0, "fraction of sites selected per round", lo=0.0, lo_open=True,
                                  hi=1.0)
     min_sites: int = _opt(2, "fewest sites a round needs; the run ends cleanly below it", lo=1)
@@ -223,11 +222,9 @@ class RunConfig(_Settings):
     epsilon: float = _opt(10.0, "per-site epsilon budget in simulation (deployed sites set their "
                           "own with node config epsilon-budget)", lo=0.0, lo_open=True)
     delta: float = _opt(1e-5, "per-site delta in simulation", lo=0.0, lo_open=True, hi=0.1)
-    local_steps: int | str = _auto("local_steps", "1")
-    local_epochs: float | str = _auto("local_epochs", "1 (one expected pass over the site's "
-                                      "data per round), or 0 when local-steps is set")
-    batch_size: int | str = _auto("batch_size", "512 (a site of up to 512 examples takes "
-                                  "full batches)")
+    local_steps: int | str = _auto("local_steps")
+    local_epochs: float | str = _auto("local_epochs")
+    batch_size: int | str = _auto("batch_size")
     learning_rate: float = _same("learning_rate")
     max_grad_norm: float = _same("max_grad_norm")
     noise_multiplicity: int = _same("noise_multiplicity")
@@ -267,8 +264,7 @@ class RunConfig(_Settings):
     layers_per_block: int = _opt(1, "UNet ResNet layers per block", lo=1, hi=4)
     prediction_type: str = _opt(AUTO, "what the UNet predicts: sample (x0), epsilon, "
                                 "v_prediction, or edm (x0 = c_skip * input + c_out * output "
-                                "with sigma_data 0.5); auto: sample for images up to 16 px, "
-                                "edm above", choices=(AUTO, *PREDICTION_TYPES))
+                                "with sigma_data 0.5)", choices=(AUTO, *PREDICTION_TYPES))
     warmup_noise_multiplier: float = _opt(2.0, "DP warm start: each site releases per-class "
                                           "pixel sums with this Gaussian noise multiplier once "
                                           "per run (charged to its ledger; a site raises it so "
@@ -278,12 +274,10 @@ class RunConfig(_Settings):
     warmup_size: int | str = _opt(AUTO, "side of the images whose class sums the warm start "
                                   "releases (0 = the generator's image size); half the side "
                                   "halves the noise per pixel at the same epsilon, and the "
-                                  "server upsamples the central images; auto: half the image "
-                                  "size at epsilon <= 1 for images above 16 px, else the "
-                                  "image size", lo=0, hi=512, kind=int)
-    warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the central images; "
-                                   "auto: 1000 for images up to 16 px, 300 above", lo=0,
-                                   kind=int)
+                                  "server upsamples the central images", lo=0, hi=512,
+                                  kind=int)
+    warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the central images",
+                                   lo=0, kind=int)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     server_threads: int = _opt(0, "torch threads of a deployed ServerApp (0 = torch's "
@@ -346,7 +340,9 @@ def settings_help(cls: type[_Settings] = RunConfig) -> str:
     """One line per setting: key, default, meaning (for ``--help``)."""
     lines = []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        lines.append(f"  {_key(f.name):<20} {f.default!r:<14} {f.metadata.get('help', '')}")
+        note = " (auto: the automatic recipe's rule)" if f.default == AUTO else ""
+        lines.append(f"  {_key(f.name):<20} {f.default!r:<14} {f.metadata.get('help', '')}"
+                     f"{note}")
     return "\n".join(lines)
 
 

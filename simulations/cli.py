@@ -19,6 +19,7 @@ DEFAULT_SCENARIO = Path(__file__).with_name("default.toml")
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``simulate`` to the ``fedaug`` command."""
     from fedaug.config import settings_help
+    from fedaug.generator.recipe import rules_help
 
     s = sub.add_parser(
         "simulate",
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "alpha 0.5, epsilon 10 per site). Writes OUT/global (diffusers folder + "
         "model_card.json), OUT/sample_grid.png and OUT/sites/<site>/ (privacy ledgers).",
         epilog="Every run-config key (use with --set KEY=VALUE or in a --config file):\n"
-        + settings_help(),
+        + settings_help() + "\n\nThe automatic recipe: what an 'auto' key becomes (the "
+        "server decides from the image size and epsilon; docs/dp-recipe.md gives the "
+        "measurements behind each rule):\n" + rules_help(),
     )
     s.add_argument("--config", help="scenario TOML file (default: simulations/default.toml)")
     s.add_argument("--sites", type=int, help="number of simulated sites")

@@ -18,7 +18,7 @@ from fedaug.data import ImageDataset, load_image_source
 from fedaug.errors import ConfigError, FedaugError
 from fedaug.generator.model import GeneratorConfig
 
-__all__ = ["RULES", "SMALL_IMAGE", "RecipeFacts", "Rule", "resolve_for_data", "resolve_recipe",
+__all__ = ["RULES", "rules_help", "SMALL_IMAGE", "RecipeFacts", "Rule", "resolve_for_data", "resolve_recipe",
            "resolve_run"]
 
 #: Images up to this side (in pixels) take the small-image recipe.
@@ -41,38 +41,47 @@ class RecipeFacts:
 
 @dataclass(frozen=True)
 class Rule:
-    """One recipe key: its value from the facts (and the keys given explicitly), and why."""
+    """One recipe key: its value from the facts (and the keys given explicitly), the rule in
+    a few words, and why."""
 
     key: str
     value: Callable[[RecipeFacts, RunConfig], Any]
+    summary: str
     reason: str
 
 
 RULES: tuple[Rule, ...] = (
     Rule("prediction-type", lambda f, run: "edm",
+         "edm",
          "EDM preconditioning: 8x8 digits, validation TSTR 0.756-0.770 against 0.596-0.662 "
          "for x0-prediction (3 data seeds); 28x28 films: 0.77-0.78 against 0.42-0.50 for x0 "
          "at full batches"),
     Rule("batch-size", lambda f, run: 4096 if f.small else 512,
+         "4096 (full batches) up to 16 px, 512 above",
          "small images: full batches (noise-to-signal depends on sqrt(d)/N, not on q); "
          "larger: Poisson batches of about 512, the best measured at 28x28 (0.80-0.86 "
          "against 0.77-0.78 for full batches)"),
     Rule("local-epochs", lambda f, run: 0.0 if run.local_steps != AUTO else 1.0,
+         "1, or 0 when local-steps is given",
          "one expected pass over a site's data per round (a large site takes several "
          "subsampled steps, a small one a full batch); 0 when local-steps is given"),
     Rule("local-steps", lambda f, run: 1,
+         "1",
          "one step per round where local-epochs is 0"),
     Rule("num-server-rounds", lambda f, run: 60 if f.small else 20,
+         "60 up to 16 px, 20 above",
          "60 rounds at 8x8 (validation TSTR 0.787-0.857 against 0.756-0.770 for 30 and "
          "0.763-0.812 for 100, 3 and 2 data seeds); 20 at 28x28, where a round costs about "
          "30 s on 2 CPU cores"),
     Rule("warmup-steps", lambda f, run: 1000 if f.small else 300,
+         "1000 up to 16 px, 300 above",
          "the server's pretraining on the DP central images (post-processing: no budget): "
          "1000 steps at 8x8 (validation TSTR 0.843-0.895 against 0.787-0.857 for 300, 3 "
          "data seeds; 3000 gave 0.854-0.878 at twice the time); 300 at 28x28, where the "
          "figures were measured with it"),
     Rule("warmup-size", lambda f, run: f.image_size // 2 if f.epsilon <= 1 and not f.small
          else 0,
+         "half the image size at epsilon <= 1 above 16 px, else the image size",
          "at epsilon <= 1, class sums of half-size images (a quarter of the pixels at the "
          "same noise) for images above 16 px; the full image size otherwise"),
 )
@@ -137,3 +146,8 @@ def resolve_for_data(run: RunConfig, data: ImageDataset) -> RunConfig:
     return resolve_recipe(run, RecipeFacts(image_size=size, channels=channels,
                                            num_classes=data.num_classes,
                                            epsilon=run.epsilon))[0]
+
+
+def rules_help() -> str:
+    """One line per rule, for ``--help``."""
+    return "\n".join(f"  {r.key:<20} {r.summary}" for r in RULES)
