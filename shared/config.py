@@ -71,7 +71,6 @@ class _Settings:
             if problem:
                 if f.metadata.get("kind") is not None:
                     problem += f' or "{AUTO}"'
-
                 problems.append(f"{key}: {problem}, got {raw!r}")
                 continue
             problem = _check_range(value, f.metadata)
