@@ -319,13 +319,14 @@ def _copy_app(dst: Path) -> Path:
     return dst
 
 
-def _write_sites(root: Path) -> dict[str, Path]:
-    """Two disjoint halves of the built-in digits as MedMNIST-layout .npz files."""
-    digits = load_digits_builtin("train", seed=0)
+def _write_sites(root: Path, names: tuple[str, str] = ("hospital-a", "hospital-b"),
+                 split: str = "train") -> dict[str, Path]:
+    """Two disjoint halves of a split of the built-in digits as MedMNIST-layout .npz files."""
+    digits = load_digits_builtin(split, seed=0)
     order = np.random.default_rng(0).permutation(len(digits.labels))
     half = len(order) // 2
     paths = {}
-    for name, idx in (("hospital-a", order[:half]), ("hospital-b", order[half:])):
+    for name, idx in zip(names, (order[:half], order[half:]), strict=True):
         path = root / f"{name}.npz"
         np.savez(path, train_images=digits.images[idx, ..., 0],
                  train_labels=digits.labels[idx].reshape(-1, 1).astype(np.uint8))
@@ -450,19 +451,21 @@ def _wait_online(fed: Federation, node_ids: set[str], timeout: float = 120) -> N
 @pytest.mark.integration
 @pytest.mark.slow  # about 2 min more: waits for Flower's heartbeat timeout (-m slow)
 def test_a_hospital_crash_mid_round_leaves_the_run_and_the_other_ledger_intact(federation):
-    # Prepare: the first two hospitals spent their budgets; two fresh ones take over
+    # Prepare: the first two hospitals spent their budgets; two fresh ones, with data of
+    # their own (the spending record keeps a data set's spending whatever its state folder),
+    # take over
     fed = federation
     for name in BUDGETS:
         _kill_group(fed.procs[name], signal.SIGTERM)
         fed.procs[name].wait(timeout=30)
+    data = _write_sites(fed.root, ("hospital-c", "hospital-d"), split="test")
     ports, ids = _free_ports(2), {}
-    for port, (name, data) in zip(ports, (("hospital-c", "hospital-a"),
-                                          ("hospital-d", "hospital-b")), strict=True):
+    for port, name in zip(ports, ("hospital-c", "hospital-d"), strict=True):
         keys = make_node_keys(fed.root / "keys", name)
         res = fed.flwr("supernode", "register", str(keys.public_key), fed.connection,
                        "--format", "json")
         ids[name] = str(json.loads(res.stdout)["node-id"])
-        fed.start(name, _site_cmd(fed, name, keys.private_key, fed.root / f"{data}.npz", port))
+        fed.start(name, _site_cmd(fed, name, keys.private_key, data[name], port))
     _wait_online(fed, set(ids.values()))
     # Execute: hospital-d dies (SIGKILL) as soon as its first training message arrives
     run_id = fed.submit({**TINY, "num-server-rounds": 2, "image-size": 8, "channels": 1,
