@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-site-decisions", action="store_true",
                    help="skip the end-of-run check in which each simulated site decides, on a "
                    "validation part of its own data, whether the synthetic data helps it "
-                   "(as `fedaug evaluate --site-data`; written to the model card)")
+                   "(as `fedaug evaluate --site-data`; written to OUT/site-decisions.json)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_simulate)
 
@@ -96,7 +96,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  {card['site']:<10} ~{card['num-examples']:>7.0f} examples (noisy count)  "
               f"epsilon {spent:.3f} this run, {card['epsilon']:.3f} of {card['budget']:.2f} "
               f"in total (delta {card['delta']:g})")
-    for d in _site_decisions(out):
+    for d in [] if args.no_site_decisions else _site_decisions(out):
         if d.get("recommendation") is None:
             print(f"  {d['site']:<10} synthetic data: no decision ({d.get('reason', '')})")
             continue
@@ -112,14 +112,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _site_decisions(out: Path) -> list[dict]:
-    """The simulated sites' decisions of this run, from the model card."""
+    """The simulated sites' decisions of this run (OUT/site-decisions.json)."""
     import json
 
-    card = out / "global" / "model_card.json"
-    if not card.is_file():
+    from fedaug.simulations.run import DECISIONS_FILE
+
+    path = out / DECISIONS_FILE
+    if not path.is_file():
         return []
-    return (json.loads(card.read_text(encoding="utf-8")).get("site-decisions") or {}
-            ).get("sites", [])
+    return json.loads(path.read_text(encoding="utf-8")).get("sites", [])
 
 
 def _spent_so_far(out: Path, delta: float) -> dict[str, float]:

@@ -14,7 +14,7 @@ from fedaug.server.app import run_server
 from fedaug.server.strategy import FedAugStrategy
 from fedaug.simulations.engine import InProcessGrid
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "decide_sites", "DECISIONS_FILE"]
 
 log = logging.getLogger("fedaug.simulation")
 
@@ -30,8 +30,8 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
     ``epsilon-budget`` for one site). With ``audit`` the model card gets a privacy audit
     (memorization rate, membership-inference AUC) against the data's test split. With
     ``site_decisions`` every simulated site decides, on a validation part of its own data,
-    whether to use the global model's synthetic data (``fedaug evaluate --site-data``), and
-    the model card gets the decisions (``site-decisions``).
+    whether to use the global model's synthetic data (``fedaug evaluate --site-data``), into
+    ``OUT/site-decisions.json`` (see :func:`decide_sites`).
     """
     node_configs = {
         1000 + i: {keys.NODE_PARTITION_ID: i, keys.NODE_NUM_PARTITIONS: num_sites,
@@ -49,33 +49,43 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
     if audit and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
         _audit_into_card(run)
     if site_decisions and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
-        decisions_into_card(run, num_sites=num_sites, progress=progress)
+        decide_sites(run, num_sites=num_sites, progress=progress)
     return strategy
 
 
-def decisions_into_card(run: RunConfig, *, num_sites: int, progress: bool = False,
-                        test: Any = None, seed: int | None = None) -> list[dict[str, Any]]:
+#: The simulated sites' decisions, beside (never inside) the published model folder.
+DECISIONS_FILE = "site-decisions.json"
+
+
+def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
+                        test: Any = None) -> list[dict[str, Any]]:
     """Each simulated site's decision on the global model's synthetic data (one draw of
-    synthetic samples for all sites), logged one line per site and written to the model
-    card as ``site-decisions``. ``test``: see :func:`fedaug.evaluate.decision.decide`."""
+    synthetic samples for all sites), logged one line per site and written to
+    ``OUT/site-decisions.json`` and ``OUT/sites/<site>/decision.json``. ``test``: see
+    :func:`fedaug.evaluate.decision.decide`.
+
+    They stay out of ``OUT/global``: a decision holds a site's exact record count, the
+    classes it lacks and accuracies on its records, none of them a DP release, and the
+    global folder is what gets shared.
+    """
+    from fedaug.atomic import atomic_write_json
     from fedaug.client.site import simulated_site_data
     from fedaug.errors import FedaugError
     from fedaug.evaluate.decision import site_decision
-    from fedaug.generator.card import update_model_card
     from fedaug.generator.generate import generate
 
-    model = Path(run.out_dir) / "global"
-    seed = run.seed if seed is None else seed
+    out_dir = Path(run.out_dir)
+    model = out_dir / "global"
     data = [simulated_site_data(run, i, num_sites) for i in range(num_sites)]
     per_class = max(100, min(500, max(len(d) for d in data) // 2))
     syn_x, syn_y, names = generate(model, num_samples=per_class * len(data[0].class_names),
-                                   seed=seed, steps=run.sample_steps,
+                                   seed=run.seed, steps=run.sample_steps,
                                    progress=progress and sys.stderr.isatty())
     out = []
     for i, site in enumerate(data):
         name = f"site-{i}"
         try:
-            d = site_decision(model, site, seed=seed, synthetic=(syn_x, syn_y), test=test,
+            d = site_decision(model, site, seed=run.seed, synthetic=(syn_x, syn_y), test=test,
                               steps=run.sample_steps)
         except FedaugError as err:  # a site too small to split: say so, decide nothing
             log.warning("%s: no decision on the synthetic data: %s", name, err)
@@ -92,13 +102,14 @@ def decisions_into_card(run: RunConfig, *, num_sites: int, progress: bool = Fals
                  "classes-absent-at-site": [names[c] for c in d["classes-absent-at-site"]],
                  "options": d["options"]}
         out.append(entry)
+        atomic_write_json(out_dir / "sites" / name / "decision.json", d)
         log.info("%s (%d records): %s; %s, validation gain %+.3f [%+.3f, %+.3f]", name,
                  len(site), d["recommendation"], option, entry["gain"], *entry["gain-interval"])
-    update_model_card(model, {"site-decisions": {
+    atomic_write_json(out_dir / DECISIONS_FILE, {
         "definition": "each simulated site's decision on its own data, as `fedaug evaluate "
                       "--site-data` makes it: validation accuracy of training with the "
                       "synthetic data (pretraining or mixing) against its local data alone",
-        "synthetic-samples": int(len(syn_x)), "sites": out}})
+        "model": str(model), "synthetic-samples": int(len(syn_x)), "sites": out})
     return out
 
 

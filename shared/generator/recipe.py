@@ -1,6 +1,7 @@
 """The automatic training recipe: each ``"auto"`` run-config key follows from what the server
 may know (image size, channels, number of classes, the run's epsilon), by the rules of
-:data:`RULES`. docs/dp-recipe.md has the same table with the measurements behind each rule.
+:data:`RULES`. docs/dp-recipe.md has the same table with the measurements behind each rule
+(the figures live there, not here).
 
 The server resolves the recipe once, before anything is sent to a site, so every site trains
 with the same settings and the model card records which values a rule chose. A key given
@@ -51,39 +52,30 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("prediction-type", lambda f, run: "edm",
-         "edm",
-         "EDM preconditioning: 8x8 digits, validation TSTR 0.756-0.770 against 0.596-0.662 "
-         "for x0-prediction (3 data seeds); 28x28 films: 0.77-0.78 against 0.42-0.50 for x0 "
-         "at full batches"),
+    Rule("prediction-type", lambda f, run: "edm", "edm",
+         "EDM preconditioning beat x0-prediction at 8x8 and at 28x28"),
     Rule("batch-size", lambda f, run: 4096 if f.small else 512,
          "4096 (full batches) up to 16 px, 512 above",
-         "small images: full batches (noise-to-signal depends on sqrt(d)/N, not on q); "
-         "larger: Poisson batches of about 512, the best measured at 28x28 (0.80-0.86 "
-         "against 0.77-0.78 for full batches)"),
+         "small images: the noise-to-signal ratio depends on sqrt(d)/N, not on q, and full "
+         "batches are cheapest; larger: Poisson batches of about 512 beat full batches"),
     Rule("local-epochs", lambda f, run: 0.0 if run.local_steps != AUTO else 1.0,
          "1, or 0 when local-steps is given",
-         "one expected pass over a site's data per round (a large site takes several "
-         "subsampled steps, a small one a full batch); 0 when local-steps is given"),
-    Rule("local-steps", lambda f, run: 1,
-         "1",
+         "one expected pass over a site's data per round: a large site takes several "
+         "subsampled steps, a small one a full batch"),
+    Rule("local-steps", lambda f, run: 1, "1",
          "one step per round where local-epochs is 0"),
     Rule("num-server-rounds", lambda f, run: 60 if f.small else 20,
          "60 up to 16 px, 20 above",
-         "60 rounds at 8x8 (validation TSTR 0.787-0.857 against 0.756-0.770 for 30 and "
-         "0.763-0.812 for 100, 3 and 2 data seeds); 20 at 28x28, where a round costs about "
-         "30 s on 2 CPU cores"),
+         "60 beat 30 and 100 at 8x8; 20 keep a 28x28 run within the time target"),
     Rule("warmup-steps", lambda f, run: 1000 if f.small else 300,
          "1000 up to 16 px, 300 above",
-         "the server's pretraining on the DP central images (post-processing: no budget): "
-         "1000 steps at 8x8 (validation TSTR 0.843-0.895 against 0.787-0.857 for 300, 3 "
-         "data seeds; 3000 gave 0.854-0.878 at twice the time); 300 at 28x28, where the "
-         "figures were measured with it"),
+         "server pretraining on the DP central images (post-processing, no budget): 1000 "
+         "beat 300 at 8x8; 28x28 keeps the 300 it was measured with"),
     Rule("warmup-size", lambda f, run: f.image_size // 2 if f.epsilon <= 1 and not f.small
          else 0,
          "half the image size at epsilon <= 1 above 16 px, else the image size",
-         "at epsilon <= 1, class sums of half-size images (a quarter of the pixels at the "
-         "same noise) for images above 16 px; the full image size otherwise"),
+         "at epsilon <= 1, half-size class sums (a quarter of the pixels at the same noise) "
+         "beat full-size ones on 28x28 films"),
 )
 
 

@@ -39,7 +39,7 @@ from fedaug.data import ImageDataset, load_image_source  # noqa: E402
 from fedaug.evaluate.decision import stratified_split  # noqa: E402
 from fedaug.evaluate.report import evaluate_generator  # noqa: E402
 from fedaug.scenario import load_scenario  # noqa: E402
-from fedaug.simulations.run import decisions_into_card, simulate  # noqa: E402
+from fedaug.simulations.run import decide_sites, simulate  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
 #: Share of the training split held out as validation data.
@@ -52,16 +52,12 @@ def holdout_source(data: str, seed: int, folder: Path) -> tuple[str, ImageDatase
     validation part. The federation reads only the file's train split."""
     train = load_image_source(data, split="train", seed=seed)
     keep, val = stratified_split(train.labels, VALIDATION_FRACTION, seed=seed)
-    stem = Path(data).stem if data != "digits" else "digits"
-    path = folder / f"{stem}.npz"
+    path = folder / f"{Path(data).stem}.npz"
     folder.mkdir(parents=True, exist_ok=True)
     images = train.images[..., 0] if train.images.shape[-1] == 1 else train.images
     np.savez(path, train_images=images[keep], train_labels=train.labels[keep][:, None],
              test_images=images[val], test_labels=train.labels[val][:, None])
-    held = train.subset(val)
-    if data == "digits":  # the built-in digits carry their names; an npz gets 0..9 as well
-        held = ImageDataset(held.images, held.labels, train.class_names, "digits-validation")
-    return str(path), held
+    return str(path), train.subset(val)
 
 
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
@@ -85,7 +81,7 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
     report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=seed,
                                 steps=run.sample_steps, out_dir=out / "report",
                                 small_site=None, audit=False)
-    decisions = (decisions_into_card(run, num_sites=sites, test=evaluation) if site_decisions
+    decisions = (decide_sites(run, num_sites=sites, test=evaluation) if site_decisions
                  else [])
     per_site = []
     for d in decisions:
@@ -106,7 +102,7 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         })
     card = json.loads((model / "model_card.json").read_text())
     return {
-        "data": Path(data).stem if data != "digits" else "digits",
+        "data": Path(data).stem,
         "split": split,
         "epsilon": epsilon,
         "seed": seed,

@@ -37,13 +37,16 @@ def test_the_main_job_logs_one_line_per_event_and_refuses_a_second_run(tmp_path)
     assert "fedaug simulate finished: 2 round(s), 2 aggregated." in first.stdout
     assert "this run" in first.stdout and "in total" in first.stdout
     # each simulated site's decision on the synthetic data: a log line, a summary line and
-    # the model card
+    # OUT/site-decisions.json, never the shared model folder (exact counts, absent classes)
     decided = [line for line in lines if "fedaug.simulation: site-" in line]
     assert [d.split("site-")[1][:1] for d in decided] == ["0", "1"]
     assert all("use" in d and "validation gain" in d for d in decided)
     assert first.stdout.count("synthetic data: ") == 2
-    card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
-    sites = card["site-decisions"]["sites"]
+    card = (tmp_path / "out" / "global" / "model_card.json").read_text()
+    assert "site-decisions" not in card and "classes-absent" not in card
+    sites = json.loads((tmp_path / "out" / "site-decisions.json").read_text())["sites"]
+    assert all((tmp_path / "out" / "sites" / s["site"] / "decision.json").is_file()
+               for s in sites)
     assert [s["site"] for s in sites] == ["site-0", "site-1"]
     for s in sites:
         lo, hi = s["gain-interval"]

@@ -61,8 +61,9 @@ def test_rgb_federation_end_to_end(tmp_path):
     # the channels are not copies of one another (a grayscale model would give equal ones)
     assert not (np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 1], x[..., 2]))
     # the site decisions ran on the three-channel sites
-    assert [s["site"] for s in card["site-decisions"]["sites"]] == ["site-0", "site-1"]
-    assert all(s["recommendation"] for s in card["site-decisions"]["sites"])
+    sites = json.loads((out / "site-decisions.json").read_text())["sites"]
+    assert [s["site"] for s in sites] == ["site-0", "site-1"]
+    assert all(s["recommendation"] for s in sites)
 
     # Execute / Assert: evaluation and a site's own decision on RGB data
     train = load_image_source(data, split="train")
