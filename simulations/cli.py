@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedaug.config import RunConfig
     from fedaug.scenario import load_scenario
-    from fedaug.simulations.run import simulate
+    from fedaug.simulations.run import AUDIT_FILE, simulate
 
     flags = {"num-server-rounds": args.rounds, "epsilon": args.epsilon, "alpha": args.alpha,
              "data": args.data, "labels": args.labels, "out-dir": args.out, "seed": args.seed,
@@ -107,6 +107,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"  policy       : {out / 'global' / 'policy.json'}  (fedaug augment --policy ...)")
     print(f"  model card   : {out / 'global' / 'model_card.json'}")
     print(f"  sample grid  : {out / 'sample_grid.png'}")
+    if (out / AUDIT_FILE).is_file():
+        print(f"  privacy audit: {out / AUDIT_FILE}  (membership inference; not for the "
+              "model folder)")
     print(f"  site ledgers : {out / 'sites'}/<site>/  (fedaug privacy show --state-dir ...)")
     return 0
 

@@ -14,7 +14,7 @@ from fedaug.server.app import run_server
 from fedaug.server.strategy import FedAugStrategy
 from fedaug.simulations.engine import InProcessGrid
 
-__all__ = ["simulate", "decide_sites", "DECISIONS_FILE"]
+__all__ = ["simulate", "decide_sites", "audit_simulation", "DECISIONS_FILE", "AUDIT_FILE"]
 
 log = logging.getLogger("fedaug.simulation")
 
@@ -27,8 +27,9 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
 
     Site ``i`` trains on partition ``i`` of ``run.data`` and keeps its privacy ledger in
     ``OUT/sites/site-i``. ``node_overrides`` adds node config per site (e.g. a smaller
-    ``epsilon-budget`` for one site). With ``audit`` the model card gets a privacy audit
-    (memorization rate, membership-inference AUC) against the data's test split. With
+    ``epsilon-budget`` for one site). With ``audit`` the global model is audited
+    (memorization rate, membership-inference AUC) against the data's test split, into
+    ``OUT/privacy-audit.json`` (:data:`AUDIT_FILE`). With
     ``site_decisions`` every simulated site decides, on a validation part of its own data,
     whether to use the global model's synthetic data (``fedaug evaluate --site-data``), into
     ``OUT/site-decisions.json`` (see :func:`decide_sites`).
@@ -47,7 +48,7 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
              run.epsilon)
     strategy = run_server(grid, run)
     if audit and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
-        _audit_into_card(run)
+        audit_simulation(run)
     if site_decisions and strategy.rounds and (Path(run.out_dir) / "global").is_dir():
         decide_sites(run, num_sites=num_sites, progress=progress)
     return strategy
@@ -55,14 +56,17 @@ def simulate(run: RunConfig, *, num_sites: int, capture: list | None = None,
 
 #: The simulated sites' decisions, beside (never inside) the published model folder.
 DECISIONS_FILE = "site-decisions.json"
+#: The simulation's membership-inference audit, beside (never inside) the model folder: its
+#: figures are computed on the sites' exact records and are no DP release.
+AUDIT_FILE = "privacy-audit.json"
 
 
 def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
-                        test: Any = None) -> list[dict[str, Any]]:
+                 test: Any = None, metric: str | None = None) -> list[dict[str, Any]]:
     """Each simulated site's decision on the global model's synthetic data (one draw of
     synthetic samples for all sites), logged one line per site and written to
-    ``OUT/site-decisions.json`` and ``OUT/sites/<site>/decision.json``. ``test``: see
-    :func:`fedaug.evaluate.decision.decide`.
+    ``OUT/site-decisions.json`` and ``OUT/sites/<site>/decision.json``. ``test`` and
+    ``metric`` (default: the decision's default): see :func:`fedaug.evaluate.decision.decide`.
 
     They stay out of ``OUT/global``: a decision holds a site's exact record count, the
     classes it lacks and accuracies on its records, none of them a DP release, and the
@@ -86,7 +90,7 @@ def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
         name = f"site-{i}"
         try:
             d = site_decision(model, site, seed=run.seed, synthetic=(syn_x, syn_y), test=test,
-                              steps=run.sample_steps)
+                              steps=run.sample_steps, **({"metric": metric} if metric else {}))
         except FedaugError as err:  # a site too small to split: say so, decide nothing
             log.warning("%s: no decision on the synthetic data: %s", name, err)
             out.append({"site": name, "records": len(site), "recommendation": None,
@@ -113,13 +117,15 @@ def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
     return out
 
 
-def _audit_into_card(run: RunConfig) -> None:
+def audit_simulation(run: RunConfig) -> dict | None:
     """In simulation the researcher holds all the data: audit the global generator against
-    the sites' training records (members) and the test split (never trained on)."""
+    the sites' training records (members) and the test split (never trained on), into
+    ``OUT/privacy-audit.json``. Not into the model card: the figures are statistics of the
+    sites' exact records, not DP releases, and the model folder is what gets published."""
+    from fedaug.atomic import atomic_write_json
     from fedaug.data import load_image_source
     from fedaug.errors import FedaugError
     from fedaug.evaluate.report import privacy_audit
-    from fedaug.generator.card import update_model_card
 
     try:
         train = load_image_source(run.data, split="train", size=run.image_size or None,
@@ -128,10 +134,12 @@ def _audit_into_card(run: RunConfig) -> None:
                                  seed=run.seed, labels=run.labels)
     except FedaugError as err:  # e.g. an image folder without a test split
         log.warning("privacy audit skipped: %s", err)
-        return
+        return None
     result = privacy_audit(Path(run.out_dir) / "global", train, test, steps=run.sample_steps,
                            seed=run.seed, num_samples=min(500, 50 * train.num_classes),
                            progress=sys.stderr.isatty())
-    update_model_card(Path(run.out_dir) / "global", {"privacy-audit": result})
-    log.info("privacy audit: memorization rate %.3f, membership-inference AUC %.3f",
-             result["memorization-rate"], result["membership-inference-auc"])
+    atomic_write_json(Path(run.out_dir) / AUDIT_FILE, result)
+    log.info("privacy audit: memorization rate %.3f, membership-inference AUC %.3f (%s)",
+             result["memorization-rate"], result["membership-inference-auc"],
+             Path(run.out_dir) / AUDIT_FILE)
+    return result

@@ -75,7 +75,9 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
                     "without --dp; with --dp the site's data, default the run config's)")
     au.add_argument("--num-samples", type=int, default=500)
     au.add_argument("--seed", type=int, default=0)
-    au.add_argument("--write-card", action="store_true", help="store the result in the model card")
+    au.add_argument("--write-card", action="store_true",
+                    help="store the result in the model card (its figures are computed on "
+                    "your exact records, not DP releases: do not publish a card holding them)")
     dp = au.add_argument_group("empirical DP audit (--dp)")
     dp.add_argument("--dp", action="store_true",
                     help="audit a site's DP-SGD run with canaries (one-run method of Steinke, "
