@@ -14,6 +14,10 @@ from fedaug.errors import ConfigError
 #: DDIM steps when sampling. 25 steps give the Frechet distance of 1000-step DDPM to within
 #: a few per cent at 35-49x its speed (docs/benchmarks.md, speed.py).
 DEFAULT_SAMPLE_STEPS = 25
+#: What a site's decision on the synthetic data scores its options by (``fedaug evaluate
+#: --site-data --metric``; ``fedaug.evaluate.decision``).
+DECISION_METRICS = ("accuracy", "balanced-accuracy")
+DEFAULT_DECISION_METRIC = "accuracy"
 #: What the generator's UNet may predict: diffusers' ``prediction_type`` names, and ``"edm"``
 #: (Karras et al. 2022's preconditioning, see ``fedaug.generator.model.diffusion_target``).
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.config import DECISION_METRICS, DEFAULT_DECISION_METRIC, DEFAULT_SAMPLE_STEPS
 from fedaug.errors import DataError
 
 __all__ = ["QUICK", "register_evaluate", "register_audit"]
@@ -57,6 +57,10 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     site.add_argument("--val-fraction", type=float, default=0.3,
                       help="fraction of each class held out for validation (0.3)")
     site.add_argument("--seeds", type=int, default=3, help="classifier seeds per option (3)")
+    site.add_argument("--metric", choices=DECISION_METRICS, default=DEFAULT_DECISION_METRIC,
+                      help="what the options are scored by on the validation part: accuracy "
+                      "(default), or balanced-accuracy (the mean recall over the classes "
+                      "present: each class counts the same, whatever the site's own mix)")
     ev.set_defaults(func=_cmd_evaluate)
 
 
@@ -142,7 +146,8 @@ def _cmd_site_decision(args: argparse.Namespace) -> int:
     decision = site_decision(args.model, args.site_data, site_labels=args.site_labels,
                              val_fraction=args.val_fraction, seeds=args.seeds,
                              num_samples=args.num_samples, seed=args.seed, steps=args.steps,
-                             progress=sys.stderr.isatty(), **(quick if args.quick else {}))
+                             metric=args.metric, progress=sys.stderr.isatty(),
+                             **(quick if args.quick else {}))
     print(format_decision(decision))
     if args.out:
         atomic_write_json(Path(args.out) / "decision.json", decision)

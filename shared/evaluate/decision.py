@@ -10,7 +10,9 @@ So the site answers it on its OWN data, without touching its test split:
    (``val_fraction`` of each class; a class with a single record stays in training).
 2. Three options are trained on the remaining local part, each over ``seeds`` seeds and
    with the same class-balanced loss and sample-level augmentation policy (the global
-   model's ``policy.json`` or model card policy when present, else the default):
+   model's ``policy.json`` or model card policy when present, else the default; the local
+   training runs ``site_epochs`` epochs, fewer on a site large enough to pass
+   :data:`MAX_SITE_STEPS` steps):
 
    * ``local`` -- the local part alone;
    * ``synthetic-pretrain`` -- pretrained on the synthetic samples, then fine-tuned on
@@ -19,8 +21,9 @@ So the site answers it on its OWN data, without touching its test split:
      samples together (at least as many optimizer steps as ``local``, and at least the
      pretraining's passes over the synthetic set).
 
-3. Each option's validation accuracy is reported as the mean over seeds and the worst
-   seed. The gain of a synthetic option over ``local`` gets a paired bootstrap interval:
+3. Each option's validation score (accuracy, or the balanced accuracy: the mean recall
+   over the classes present) is reported as the mean over seeds and the worst seed. The
+   gain of a synthetic option over ``local`` gets a paired bootstrap interval:
    validation records and seeds are resampled together, and both options are scored on
    the same draw, so record difficulty and seed luck cancel out.
 4. The recommendation is ``"use <option>"`` only when that option's interval lies above
@@ -51,12 +54,12 @@ from typing import Any
 import numpy as np
 
 from fedaug.augment import Policy, apply_policy
-from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.config import DECISION_METRICS, DEFAULT_DECISION_METRIC, DEFAULT_SAMPLE_STEPS
 from fedaug.data import ImageDataset
 from fedaug.errors import ConfigError, DataError
 from fedaug.evaluate.classifier import train_classifier
 
-__all__ = ["OPTIONS", "MIN_RECORDS", "decide", "site_decision", "stratified_split",
+__all__ = ["OPTIONS", "METRICS", "DEFAULT_METRIC", "MIN_RECORDS", "decide", "site_decision", "stratified_split",
            "model_policy", "format_decision"]
 
 #: The compared options, baseline first.
@@ -65,12 +68,18 @@ OPTIONS = ("local", "synthetic-pretrain", "synthetic-mix")
 MIN_RECORDS = 8
 #: Local training budget (as the small-site figures of ``fedaug evaluate``).
 SITE_EPOCHS, SITE_BATCH, PRETRAIN_EPOCHS, PRETRAIN_BATCH = 30, 16, 8, 64
+#: Most optimizer steps of the local training (a site of more than
+#: ``MAX_SITE_STEPS * SITE_BATCH / SITE_EPOCHS`` records trains fewer than ``SITE_EPOCHS``
+#: epochs): the decision's cost stops growing with the site's size.
+MAX_SITE_STEPS = 1500
 #: Learning rate of the fine-tuning on the local part.
 FINETUNE_LR = 5e-4
 #: Largest loss on the classes present that a site lacking classes accepts (point 5 above).
 ABSENT_MARGIN = 0.05
 #: Bootstrap draws of the gain's interval.
 BOOTSTRAP = 4000
+#: What the options are scored by on the validation part (point 3 of the module docstring).
+METRICS, DEFAULT_METRIC = DECISION_METRICS, DEFAULT_DECISION_METRIC
 
 
 def _int_at_least(name: str, value: Any, low: int) -> int:
@@ -106,6 +115,15 @@ def _augmenter(policy: Policy, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: apply_policy(policy, batch, seed=seed * 7919 + next(counter))
 
 
+def _balancing_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-record weights whose mean over ``hits * weights`` is the balanced accuracy (the
+    mean recall over the classes present in ``labels``)."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    per_class = dict(zip(classes.tolist(), counts.tolist(), strict=True))
+    return np.array([len(labels) / (len(classes) * per_class[c]) for c in labels.tolist()])
+
+
 def _bootstrap_gain(diff: np.ndarray, *, draws: int, level: float, seed: int
                     ) -> tuple[float, float]:
     """Percentile interval of the mean of ``diff`` (seeds x records), resampling seeds and
@@ -126,19 +144,29 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
            policy: Policy | None = None, epochs: int = PRETRAIN_EPOCHS,
            site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
            bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None,
-           test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN
-           ) -> dict[str, Any]:
+           test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN,
+           metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
     ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
 
     ``test``: records the decision never sees (a benchmark's test split); each option's
     mean accuracy on them is added as ``test-accuracy``, to check the decision afterwards.
 
+    ``metric``: what the options are scored by on ``validation`` (:data:`METRICS`):
+    ``accuracy``, or ``balanced-accuracy``, the mean recall over the classes present (each
+    record weighted by the inverse of its class's count), for a site whose own class mix is
+    not the one it will meet. Each option reports both; the gain and interval the decision
+    rests on are ``metric``'s, the other metric's are added as ``<metric>-gain`` and
+    ``<metric>-gain-interval``.
+
     ``syn_x``/``syn_y``: the synthetic images (uint8 N, H, W, C, the site's shape) and
     labels in ``[0, num_classes)``. ``progress(1)`` is called after each seed.
     """
     seeds = _int_at_least("seeds", seeds, 1)
     bootstrap = _int_at_least("bootstrap", bootstrap, 100)
+    if metric not in METRICS:
+        raise ConfigError(f"`metric` must be one of {', '.join(METRICS)}.", value=metric,
+                          fix="pass accuracy or balanced-accuracy.")
     if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0 < confidence < 1:
         raise ConfigError("`confidence` must lie strictly between 0 and 1.", value=confidence,
                           fix="pass e.g. 0.95.")
@@ -159,7 +187,10 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     policy = policy or Policy.default("image")
     k = num_classes
     n_local, n_mix = len(local), len(local) + len(syn_x)
-    site_steps = site_epochs * math.ceil(n_local / SITE_BATCH)
+    # a large site reaches the step cap in fewer passes over its records
+    per_epoch = math.ceil(n_local / SITE_BATCH)
+    site_epochs = max(1, min(site_epochs, math.ceil(MAX_SITE_STEPS / per_epoch)))
+    site_steps = site_epochs * per_epoch
     mix_epochs = max(epochs, math.ceil(site_steps / math.ceil(n_mix / PRETRAIN_BATCH)))
     mix_x = np.concatenate([local.images, syn_x])
     mix_y = np.concatenate([local.labels, syn_y])
@@ -186,28 +217,44 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         if progress is not None:
             progress(1)
     hits = {o: np.asarray(v, dtype=np.float64) for o, v in correct.items()}  # seeds x records
+    weights = {"accuracy": np.ones(len(validation)),
+               "balanced-accuracy": _balancing_weights(validation.labels)}
     level = 1 - (1 - confidence) / (len(OPTIONS) - 1)
     options: dict[str, Any] = {}
     for i, name in enumerate(OPTIONS):
-        per_seed = hits[name].mean(axis=1)
-        entry: dict[str, Any] = {"accuracy": float(per_seed.mean()),
-                                 "worst-seed-accuracy": float(per_seed.min()),
-                                 "accuracy-per-seed": [float(a) for a in per_seed]}
+        scores = {m: (hits[name] * w).mean(axis=1) for m, w in weights.items()}  # per seed
+        per_seed = scores[metric]
+        entry: dict[str, Any] = {"accuracy": float(scores["accuracy"].mean()),
+                                 "balanced-accuracy": float(scores["balanced-accuracy"].mean()),
+                                 "score": float(per_seed.mean()),
+                                 "worst-seed-score": float(per_seed.min()),
+                                 "score-per-seed": [float(a) for a in per_seed]}
         if test is not None:
             entry["test-accuracy"] = float(np.mean(test_correct[name]))
         if name != "local":
-            diff = hits[name] - hits["local"]
-            lo, hi = _bootstrap_gain(diff, draws=bootstrap, level=level, seed=seed + 1000 * i)
-            entry["gain"] = float(diff.mean())
-            entry["gain-interval"] = [lo, hi]
+            for m, w in weights.items():
+                diff = (hits[name] - hits["local"]) * w
+                lo, hi = _bootstrap_gain(diff, draws=bootstrap, level=level,
+                                         seed=seed + 1000 * i)
+                if m == metric:
+                    entry["gain"], entry["gain-interval"] = float(diff.mean()), [lo, hi]
+                else:
+                    entry[f"{m}-gain"] = float(diff.mean())
+                    entry[f"{m}-gain-interval"] = [lo, hi]
         options[name] = entry
     synthetic = [o for o in OPTIONS if o != "local"]
-    best = max(synthetic, key=lambda o: (options[o]["accuracy"], options[o]["gain-interval"][0]))
+    best = max(synthetic, key=lambda o: (options[o]["score"], options[o]["gain-interval"][0]))
     present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
     absent = sorted(set(range(k)) - present)
     bar = -absent_margin if absent else 0.0  # non-inferiority where the site lacks classes
-    cleared = [o for o in synthetic if options[o]["gain-interval"][0] > bar]
-    chosen = max(cleared, key=lambda o: options[o]["gain-interval"][0]) if cleared else None
+
+    def choose(interval_key: str) -> str | None:
+        cleared = [o for o in synthetic if options[o][interval_key][0] > bar]
+        return max(cleared, key=lambda o: options[o][interval_key][0]) if cleared else None
+
+    chosen = choose("gain-interval")
+    # what the other metric would have chosen, to compare the two rules afterwards
+    other = {m: choose(f"{m}-gain-interval") for m in METRICS if m != metric}
     recommendation = f"use {chosen}" if chosen else "do not use"
     if chosen and absent and options[chosen]["gain-interval"][0] <= 0:
         recommendation += f" (for the {len(absent)} class(es) this site lacks)"
@@ -221,6 +268,7 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         "recommendation": recommendation,
         "recommended-option": chosen,
         "use-synthetic": chosen is not None,
+        **{f"{m}-recommended-option": o for m, o in other.items()},
         "rule": (f"non-inferiority on the classes present (margin {absent_margin:g}): the "
                  "site lacks classes" if absent else "superiority (interval above 0)"),
         "local-records": n_local,
@@ -230,7 +278,8 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         "seeds": seeds,
         "settings": {"seed": seed, "epochs": epochs, "site-epochs": site_epochs,
                      "mix-epochs": mix_epochs, "bootstrap": bootstrap},
-        "definition": "validation accuracy on a stratified part of the site's own training "
+        "metric": metric,
+        "definition": f"validation {metric} on a stratified part of the site's own training "
                       "records; gain = option minus local, paired over records and seeds; "
                       f"interval: paired bootstrap over validation records and seeds at "
                       f"{level:.3f} (Bonferroni over {len(synthetic)} synthetic options for "
@@ -282,14 +331,15 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
                   site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
                   bootstrap: int = BOOTSTRAP, progress: bool = False,
                   synthetic: tuple[np.ndarray, np.ndarray] | None = None,
-                  test: ImageDataset | None = None) -> dict[str, Any]:
+                  test: ImageDataset | None = None, metric: str = DEFAULT_METRIC
+                  ) -> dict[str, Any]:
     """Decide whether the site holding ``site_data`` should use ``model_dir``'s synthetic
     data (module docstring). ``site_data``: a source for
     :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
     model's size; ``site_labels`` for a DICOM folder) or an :class:`ImageDataset`.
     ``num_samples`` synthetic samples are drawn, balanced over the classes, unless
     ``synthetic`` (images, labels) gives them (several sites deciding on one draw).
-    ``test``: see :func:`decide`.
+    ``test`` and ``metric``: see :func:`decide`.
     """
     from fedaug.data import load_image_source
     from fedaug.generator import load_generator
@@ -332,7 +382,8 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
         result = decide(local, validation, syn_x, syn_y, num_classes=config.num_classes,
                         seeds=seeds, seed=seed, policy=policy, epochs=epochs,
                         site_epochs=site_epochs, confidence=confidence, bootstrap=bootstrap,
-                        progress=None if bar is None else bar.update, test=test)
+                        progress=None if bar is None else bar.update, test=test,
+                        metric=metric)
     finally:
         if bar is not None:
             bar.close()
@@ -342,12 +393,13 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
 
 def format_decision(d: dict[str, Any]) -> str:
     """A short table of the options and the recommendation."""
-    lines = [f"{'option':<20}{'val acc':>9}{'worst seed':>12}{'gain':>9}  interval "
+    metric = "val acc" if d.get("metric", "accuracy") == "accuracy" else "val bal"
+    lines = [f"{'option':<20}{metric:>9}{'worst seed':>12}{'gain':>9}  interval "
              f"({d['interval-level']:.1%})"]
     for name, o in d["options"].items():
         gain = f"{o['gain']:+9.3f}" if "gain" in o else f"{'':>9}"
         ci = "[{:+.3f}, {:+.3f}]".format(*o["gain-interval"]) if "gain-interval" in o else ""
-        lines.append(f"{name:<20}{o['accuracy']:>9.3f}{o['worst-seed-accuracy']:>12.3f}"
+        lines.append(f"{name:<20}{o['score']:>9.3f}{o['worst-seed-score']:>12.3f}"
                      f"{gain}  {ci}")
     lines.append(f"site: {d['local-records']} local + {d['validation-records']} validation "
                  f"records, {d['synthetic-records']} synthetic, {d['seeds']} seed(s)")

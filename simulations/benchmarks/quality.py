@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from fedaug.config import RunConfig  # noqa: E402
+from fedaug.config import DECISION_METRICS, DEFAULT_DECISION_METRIC, RunConfig  # noqa: E402
 from fedaug.data import ImageDataset, load_image_source  # noqa: E402
 from fedaug.evaluate.decision import stratified_split  # noqa: E402
 from fedaug.evaluate.report import evaluate_generator  # noqa: E402
@@ -62,7 +62,8 @@ def holdout_source(data: str, seed: int, folder: Path) -> tuple[str, ImageDatase
 
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
             split: str, scenario: Path | None, overrides: dict, num_samples: int,
-            site_decisions: bool = True) -> dict:
+            site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC
+            ) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
              **overrides}
     if split == "validation":
@@ -81,14 +82,18 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
     report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=seed,
                                 steps=run.sample_steps, out_dir=out / "report",
                                 small_site=None, audit=False)
-    decisions = (decide_sites(run, num_sites=sites, test=evaluation) if site_decisions
-                 else [])
+    decisions = (decide_sites(run, num_sites=sites, test=evaluation, metric=decision_metric)
+                 if site_decisions else [])
     per_site = []
     for d in decisions:
         if d["recommendation"] is None:
             continue
         opts = d["options"]
         chosen = d["option"] if d["use-synthetic"] else "local"
+        # what each metric's rule would have chosen (the run's metric decided)
+        by_metric = {m: d["option"] if m == decision_metric and d["use-synthetic"]
+                     else d.get(f"{m}-recommended-option") or "local"
+                     for m in DECISION_METRICS}
         per_site.append({
             "site": d["site"], "records": d["records"], "recommendation": d["recommendation"],
             "classes-absent": d["classes-absent-at-site"],
@@ -96,6 +101,9 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
             # what the recommended use does on records no site saw
             "held-out-local-accuracy": opts["local"]["test-accuracy"],
             "held-out-gain": opts[chosen]["test-accuracy"] - opts["local"]["test-accuracy"],
+            "held-out-gain-by-metric": {
+                m: opts[o]["test-accuracy"] - opts["local"]["test-accuracy"]
+                for m, o in by_metric.items()},
             "held-out-gain-if-always-used": max(
                 opts[o]["test-accuracy"] for o in ("synthetic-pretrain", "synthetic-mix"))
             - opts["local"]["test-accuracy"],
@@ -122,6 +130,10 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         "site-worst-held-out-gain": min((s["held-out-gain"] for s in per_site), default=None),
         "site-mean-held-out-gain": (float(np.mean([s["held-out-gain"] for s in per_site]))
                                     if per_site else None),
+        **{f"site-{stat}-held-out-gain-{m}": f([s["held-out-gain-by-metric"][m]
+                                                 for s in per_site])
+           for m in DECISION_METRICS for stat, f in (("worst", min), ("mean", np.mean))
+           if per_site},
         "train-wall-s": train_s,
         "wall-s": time.perf_counter() - t0,
     }
@@ -132,6 +144,8 @@ def summarize(results: list[dict]) -> dict:
     out = {}
     for key, worst in (("tstr-accuracy", min), ("tstr-auc", min), ("trtr-accuracy", min),
                        ("site-worst-held-out-gain", min), ("site-mean-held-out-gain", min),
+                       *((f"site-{stat}-held-out-gain-{m}", min) for m in DECISION_METRICS
+                         for stat in ("worst", "mean")),
                        ("train-wall-s", max)):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
@@ -160,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
     p.add_argument("--no-site-decisions", action="store_true",
                    help="skip the sites' decisions (a quicker comparison of generators)")
+    p.add_argument("--decision-metric", choices=DECISION_METRICS,
+                   default=DEFAULT_DECISION_METRIC,
+                   help="what the sites' decisions score their options by (the other "
+                   "metric's choice is reported beside it)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -175,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                                        out=base / f"eps{eps:g}-seed{seed}",
                                        scenario=args.scenario, overrides=overrides,
                                        num_samples=args.num_samples,
-                                       site_decisions=not args.no_site_decisions))
+                                       site_decisions=not args.no_site_decisions,
+                                       decision_metric=args.decision_metric))
     budgets = sorted({r["epsilon"] for r in results}, reverse=True)
     summary = {f"{b:g}": summarize([r for r in results if r["epsilon"] == b]) for b in budgets}
     if args.json:
@@ -191,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['epsilon']:>5g} {r['seed']:>4} {r['tstr-accuracy']:>9.3f} {auc:>9} "
               f"{r['trtr-accuracy']:>9.3f} {r['majority-class']:>9.3f} {gains:>21} "
               f"{r['frechet-distance']:>7.3f} {r['train-wall-s']:>8.0f}")
+    for r in results:
+        for site in r["per-site"]:
+            gains = ", ".join(f"{m} {g:+.3f}" for m, g in site["held-out-gain-by-metric"].items())
+            print(f"  eps {r['epsilon']:g} seed {r['seed']} {site['site']:<8} "
+                  f"{site['records']:>6} records, lacks {len(site['classes-absent'])}: "
+                  f"{site['recommendation']}; held-out gain as decided by {gains}; if always "
+                  f"used {site['held-out-gain-if-always-used']:+.3f}")
     for b, s in summary.items():
         parts = [f"{k} mean {v['mean']:.3f} worst {v['worst']:.3f}" for k, v in s.items()]
         print(f"epsilon {b} ({args.split} split): " + "; ".join(parts))

@@ -12,7 +12,13 @@ from PIL import Image
 from fedaug.cli import main
 from fedaug.data import ImageDataset, load_digits_builtin
 from fedaug.errors import ConfigError, DataError
-from fedaug.evaluate.decision import OPTIONS, decide, site_decision, stratified_split
+from fedaug.evaluate.decision import (
+    OPTIONS,
+    _balancing_weights,
+    decide,
+    site_decision,
+    stratified_split,
+)
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
 
 
@@ -57,10 +63,14 @@ def test_synthetic_data_that_helps_gives_use_with_an_interval_above_zero(small_s
 
     # Assert: structure, the interval around the gain, and the recommendation
     assert set(d["options"]) == set(OPTIONS)
+    assert d["metric"] == "accuracy"
     for o in d["options"].values():
-        assert len(o["accuracy-per-seed"]) == 3
-        assert o["accuracy"] == pytest.approx(np.mean(o["accuracy-per-seed"]))
-        assert o["worst-seed-accuracy"] == min(o["accuracy-per-seed"])
+        assert len(o["score-per-seed"]) == 3
+        assert o["score"] == pytest.approx(np.mean(o["score-per-seed"]))
+        assert o["accuracy"] == pytest.approx(o["score"])
+        # a balanced validation part: both metrics agree
+        assert o["balanced-accuracy"] == pytest.approx(o["accuracy"])
+        assert o["worst-seed-score"] == min(o["score-per-seed"])
     best = d["options"][d["best-synthetic-option"]]
     lo, hi = d["gain-interval"]
     assert lo <= d["gain"] <= hi and d["gain"] == pytest.approx(
@@ -70,6 +80,41 @@ def test_synthetic_data_that_helps_gives_use_with_an_interval_above_zero(small_s
     assert lo > 0 and d["recommendation"] == f"use {d['best-synthetic-option']}"
     assert d["use-synthetic"] is True
     json.dumps(d)
+
+
+def test_balancing_weights_turn_the_mean_hit_into_the_mean_recall():
+    labels = np.array([0] * 6 + [1] * 2 + [3] * 1)
+    hits = np.array([1, 1, 1, 0, 0, 0, 1, 0, 1], dtype=float)
+    w = _balancing_weights(labels)
+    # recalls: class 0 3/6, class 1 1/2, class 3 1/1 -> mean 2/3 (class 2 is absent)
+    assert (hits * w).mean() == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_balanced_accuracy_scores_each_class_the_same_on_a_skewed_site(small_site):
+    # Prepare: a site whose validation part is 9 of digit 0 and 1 each of digits 1-9
+    local, val, others = small_site
+    keep = np.concatenate([np.flatnonzero(val.labels == 0)]
+                          + [np.flatnonzero(val.labels == c)[:1] for c in range(1, 10)])
+    skewed = val.subset(np.sort(keep))
+
+    # Execute
+    d = decide(local, skewed, others.images, others.labels, num_classes=10, seeds=2,
+               epochs=2, site_epochs=8, metric="balanced-accuracy")
+
+    # Assert: the decision rests on the balanced score; the plain one is reported beside it
+    assert d["metric"] == "balanced-accuracy" and "balanced-accuracy" in d["definition"]
+    for name, o in d["options"].items():
+        assert o["score"] == pytest.approx(o["balanced-accuracy"])
+        if name != "local":
+            assert o["gain"] == pytest.approx(o["score"] - d["options"]["local"]["score"])
+            assert o["accuracy-gain"] == pytest.approx(
+                o["accuracy"] - d["options"]["local"]["accuracy"])
+            assert len(o["accuracy-gain-interval"]) == 2
+    assert "accuracy-recommended-option" in d
+    with pytest.raises(ConfigError, match="metric"):
+        decide(local, skewed, others.images, others.labels, num_classes=10, seeds=1,
+               epochs=1, site_epochs=1, metric="f1")
 
 
 def test_noise_as_synthetic_data_gives_do_not_use(small_site):
@@ -114,12 +159,13 @@ def test_evaluate_site_data_prints_a_table_and_writes_decision_json(tmp_path, ca
     # Execute
     rc = main(["evaluate", "--model", str(tmp_path / "m"), "--site-data", str(site),
                "--seeds", "1", "--num-samples", "30", "--steps", "2", "--quick",
-               "--out", str(tmp_path / "r")])
+               "--metric", "balanced-accuracy", "--out", str(tmp_path / "r")])
 
     # Assert
     out = capsys.readouterr().out
     d = json.loads((tmp_path / "r" / "decision.json").read_text())
     assert rc == 0 and "recommendation:" in out and "synthetic-pretrain" in out
+    assert d["metric"] == "balanced-accuracy" and "val bal" in out
     assert d["classes-absent-at-site"] == [7, 8, 9]
     assert d["local-records"] + d["validation-records"] == 70
     assert d["settings"]["site-epochs"] == 10
