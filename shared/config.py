@@ -17,7 +17,12 @@ DEFAULT_SAMPLE_STEPS = 25
 #: What a site's decision on the synthetic data scores its options by (``fedaug evaluate
 #: --site-data --metric``; ``fedaug.evaluate.decision``).
 DECISION_METRICS = ("accuracy", "balanced-accuracy")
-DEFAULT_DECISION_METRIC = "accuracy"
+DEFAULT_DECISION_METRIC = "balanced-accuracy"
+#: Cross-validation folds of a site's decision (1 = one held-out part).
+DEFAULT_DECISION_FOLDS = 3
+#: The loss against local alone a site with every class accepts (0 = the synthetic data
+#: must show a gain).
+DEFAULT_DECISION_MARGIN = 0.0
 #: What the generator's UNet may predict: diffusers' ``prediction_type`` names, and ``"edm"``
 #: (Karras et al. 2022's preconditioning, see ``fedaug.generator.model.diffusion_target``).
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedaug.config import DECISION_METRICS, DEFAULT_DECISION_METRIC, DEFAULT_SAMPLE_STEPS
+from fedaug.config import (
+    DECISION_METRICS,
+    DEFAULT_DECISION_FOLDS,
+    DEFAULT_DECISION_MARGIN,
+    DEFAULT_DECISION_METRIC,
+    DEFAULT_SAMPLE_STEPS,
+)
 from fedaug.errors import DataError
 
 __all__ = ["QUICK", "register_evaluate", "register_audit"]
@@ -47,20 +53,30 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     "noisier and usually lower than a full run's: compare like with like")
     site = ev.add_argument_group(
         "a site's decision (--site-data)",
-        "Instead of the report: should this site use the synthetic data? On a stratified "
-        "validation part of the site's OWN training records (its test data is never read): "
-        "local alone vs pretrained on synthetic then fine-tuned vs mixed, over several "
-        "seeds; the gain's paired bootstrap interval; 'use <option>' only when its lower end "
-        "is above 0. Writes decision.json into --out.")
+        "Instead of the report: should this site use the synthetic data? By cross-validation "
+        "on the site's OWN training records (its test data is never read): local alone vs "
+        "pretrained on synthetic then fine-tuned vs mixed, each fold scored by options "
+        "trained on the others; the gain's paired bootstrap interval; 'use <option>' only "
+        "when its lower end is above 0. Writes decision.json into --out.")
     site.add_argument("--site-data", help="the site's data source (its train split only)")
     site.add_argument("--site-labels", help="labels CSV of a DICOM folder --site-data")
+    site.add_argument("--folds", type=int, default=DEFAULT_DECISION_FOLDS,
+                      help=f"cross-validation folds ({DEFAULT_DECISION_FOLDS}); 1 = one "
+                      "held-out part of --val-fraction instead")
     site.add_argument("--val-fraction", type=float, default=0.3,
-                      help="fraction of each class held out for validation (0.3)")
-    site.add_argument("--seeds", type=int, default=3, help="classifier seeds per option (3)")
+                      help="with --folds 1: fraction of each class held out (0.3)")
+    site.add_argument("--seeds", type=int, default=None,
+                      help="classifier seeds per option: per fold (default 1), or 3 with "
+                      "--folds 1")
+    site.add_argument("--margin", type=float, default=DEFAULT_DECISION_MARGIN,
+                      help="largest loss against local alone a site with every class "
+                      f"accepts, at the interval's level ({DEFAULT_DECISION_MARGIN:g}; 0 asks "
+                      "for a gain)")
     site.add_argument("--metric", choices=DECISION_METRICS, default=DEFAULT_DECISION_METRIC,
-                      help="what the options are scored by on the validation part: accuracy "
-                      "(default), or balanced-accuracy (the mean recall over the classes "
-                      "present: each class counts the same, whatever the site's own mix)")
+                      help="what the options are scored by on the validation records: "
+                      "balanced-accuracy (the default: the mean recall over the classes "
+                      "present, each class counting the same whatever the site's own mix), "
+                      "or accuracy")
     ev.set_defaults(func=_cmd_evaluate)
 
 
@@ -144,7 +160,8 @@ def _cmd_site_decision(args: argparse.Namespace) -> int:
 
     quick = {"epochs": QUICK["epochs"], "site_epochs": QUICK["small_site_epochs"]}
     decision = site_decision(args.model, args.site_data, site_labels=args.site_labels,
-                             val_fraction=args.val_fraction, seeds=args.seeds,
+                             folds=args.folds, val_fraction=args.val_fraction,
+                             seeds=args.seeds, margin=args.margin,
                              num_samples=args.num_samples, seed=args.seed, steps=args.steps,
                              metric=args.metric, progress=sys.stderr.isatty(),
                              **(quick if args.quick else {}))

@@ -6,9 +6,12 @@ test on someone else's data does not answer that: the generator may help the fed
 on average and still hurt this site (another scanner, other classes, other prevalence).
 So the site answers it on its OWN data, without touching its test split:
 
-1. A stratified validation part is carved out of the site's training records
+1. The site's own records are split for validation by stratified cross-validation
+   (``folds``, default 3): each fold is held out in turn and scored by options trained on
+   the other folds, so every record is a validation record once and the interval below
+   rests on all of them. ``folds=1`` carves one stratified validation part instead
    (``val_fraction`` of each class; a class with a single record stays in training).
-2. Three options are trained on the remaining local part, each over ``seeds`` seeds and
+2. Three options are trained on the training part (the local part), over ``seeds`` seeds and
    with the same class-balanced loss and sample-level augmentation policy (the global
    model's ``policy.json`` or model card policy when present, else the default; the local
    training runs ``site_epochs`` epochs, fewer on a site large enough to pass
@@ -27,11 +30,11 @@ So the site answers it on its OWN data, without touching its test split:
    validation records and seeds are resampled together, and both options are scored on
    the same draw, so record difficulty and seed luck cancel out.
 4. The recommendation is ``"use <option>"`` only when that option's interval lies above
-   0; otherwise ``"do not use"``. Two synthetic options are compared with ``local`` on
-   the same validation records, so each interval is taken at the Bonferroni level
-   ``1 - (1 - confidence) / 2``: picking the better of two noisy options must not turn
-   noise into a recommendation. Among options whose interval clears 0, the one with
-   the higher lower end is recommended.
+   ``-margin`` (by default 0: superiority); otherwise ``"do not use"``. Two synthetic
+   options are compared with ``local`` on the same validation records, so each interval
+   is taken at the Bonferroni level ``1 - (1 - confidence) / 2``: picking the better of
+   two noisy options must not turn noise into a recommendation. Among options whose
+   interval clears the bar, the one with the higher lower end is recommended.
 5. A site that lacks some of the federation's classes cannot measure, on its own records,
    what the synthetic data gives it on those classes, and its local data alone never
    predicts them. For such a site the test on the present classes is one of
@@ -40,8 +43,8 @@ So the site answers it on its OWN data, without touching its test split:
    when it costs the present classes at most that much at the interval's level.
 
 :func:`site_decision` loads the site's data and samples the generator;
-:func:`decide` is the same decision on arrays (any synthetic set, e.g. for tests or
-for samples drawn earlier).
+:func:`decide_cv` (cross-validated) and :func:`decide` (one held-out part) are the same
+decision on arrays (any synthetic set, e.g. for tests or for samples drawn earlier).
 """
 
 from __future__ import annotations
@@ -54,12 +57,19 @@ from typing import Any
 import numpy as np
 
 from fedaug.augment import Policy, apply_policy
-from fedaug.config import DECISION_METRICS, DEFAULT_DECISION_METRIC, DEFAULT_SAMPLE_STEPS
+from fedaug.config import (
+    DECISION_METRICS,
+    DEFAULT_DECISION_FOLDS,
+    DEFAULT_DECISION_MARGIN,
+    DEFAULT_DECISION_METRIC,
+    DEFAULT_SAMPLE_STEPS,
+)
 from fedaug.data import ImageDataset
 from fedaug.errors import ConfigError, DataError
 from fedaug.evaluate.classifier import train_classifier
 
-__all__ = ["OPTIONS", "METRICS", "DEFAULT_METRIC", "MIN_RECORDS", "decide", "site_decision", "stratified_split",
+__all__ = ["OPTIONS", "METRICS", "DEFAULT_METRIC", "MIN_RECORDS", "decide", "decide_cv",
+           "stratified_folds", "site_decision", "stratified_split",
            "model_policy", "format_decision"]
 
 #: The compared options, baseline first.
@@ -76,6 +86,10 @@ MAX_SITE_STEPS = 1500
 FINETUNE_LR = 5e-4
 #: Largest loss on the classes present that a site lacking classes accepts (point 5 above).
 ABSENT_MARGIN = 0.05
+#: Largest loss a site with every class accepts (point 4 above; 0 = superiority).
+MARGIN = DEFAULT_DECISION_MARGIN
+#: Folds of the cross-validated decision (``site_decision``; 1 = one held-out part).
+DEFAULT_FOLDS = DEFAULT_DECISION_FOLDS
 #: Bootstrap draws of the gain's interval.
 BOOTSTRAP = 4000
 #: What the options are scored by on the validation part (point 3 of the module docstring).
@@ -145,6 +159,7 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
            site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
            bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None,
            test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN,
+           margin: float = MARGIN,
            metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
     ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
@@ -159,11 +174,110 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     rests on are ``metric``'s, the other metric's are added as ``<metric>-gain`` and
     ``<metric>-gain-interval``.
 
+    ``margin``: the loss a site with every class accepts (point 4 of the module docstring):
+    0 asks for superiority (the interval above 0), a margin m for non-inferiority (the
+    interval's lower end above -m); ``absent_margin`` is the same for a site that lacks
+    classes (point 5).
+
     ``syn_x``/``syn_y``: the synthetic images (uint8 N, H, W, C, the site's shape) and
     labels in ``[0, num_classes)``. ``progress(1)`` is called after each seed.
     """
     seeds = _int_at_least("seeds", seeds, 1)
-    bootstrap = _int_at_least("bootstrap", bootstrap, 100)
+    _check(local, syn_x, syn_y, num_classes=num_classes, confidence=confidence,
+           bootstrap=bootstrap, metric=metric)
+    syn_x, syn_y = np.asarray(syn_x), np.asarray(syn_y).astype(np.int64).reshape(-1)
+    for name, part in (("local", local), ("validation", validation)):
+        if len(part) < MIN_RECORDS:
+            raise DataError(f"The site's {name} part has {len(part)} records; at least "
+                            f"{MIN_RECORDS} are needed for a decision.", value=len(part),
+                            fix="use more records, or a larger/smaller --val-fraction.")
+    hits, test_hits, settings = _score_options(
+        local, validation, syn_x, syn_y, k=num_classes, seeds=range(seed, seed + seeds),
+        policy=policy or Policy.default("image"), epochs=epochs, site_epochs=site_epochs,
+        test=test, progress=progress)
+    present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
+    return _verdict(hits, validation.labels, present, test_hits, num_classes=num_classes,
+                    seed=seed, confidence=confidence, bootstrap=bootstrap,
+                    absent_margin=absent_margin, margin=margin, metric=metric,
+                    records={"local-records": len(local),
+                             "validation-records": int(len(validation)),
+                             "synthetic-records": int(len(syn_x)), "seeds": seeds, "folds": 1},
+                    settings={"seed": seed, "epochs": epochs, "bootstrap": bootstrap,
+                              **settings},
+                    validated_on="a stratified part of the site's own training records")
+
+
+def decide_cv(site: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_classes: int,
+              folds: int = 3, seeds: int = 1, seed: int = 0, policy: Policy | None = None,
+              epochs: int = PRETRAIN_EPOCHS, site_epochs: int = SITE_EPOCHS,
+              confidence: float = 0.95, bootstrap: int = BOOTSTRAP,
+              progress: Callable[[int], object] | None = None,
+              test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN,
+              margin: float = MARGIN,
+              metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+    """The decision by stratified ``folds``-fold cross-validation on all of ``site``'s
+    records: each fold is scored by the options trained on the other folds (``seeds``
+    classifier seeds each), so every record is a validation record once, and the gains'
+    interval rests on all of them instead of a held-out part (module docstring, point 1).
+    Arguments as :func:`decide`; ``progress(1)`` is called after each fold and seed.
+    """
+    folds = _int_at_least("folds", folds, 2)
+    seeds = _int_at_least("seeds", seeds, 1)
+    _check(site, syn_x, syn_y, num_classes=num_classes, confidence=confidence,
+           bootstrap=bootstrap, metric=metric)
+    parts = stratified_folds(site.labels, folds, seed=seed)
+    hits = {o: np.zeros((seeds, len(site))) for o in OPTIONS}
+    test_hits: dict[str, list] = {o: [] for o in OPTIONS}
+    settings: dict[str, Any] = {}
+    for f, val_idx in enumerate(parts):
+        local_idx = np.setdiff1d(np.arange(len(site)), val_idx)
+        for name, n in (("local", len(local_idx)), ("validation", len(val_idx))):
+            if n < MIN_RECORDS:
+                raise DataError(f"Fold {f} of the site's records has a {name} part of {n} "
+                                f"records; at least {MIN_RECORDS} are needed.", value=n,
+                                fix="use a site with more records, or fewer --folds.")
+        fold_hits, fold_test, settings = _score_options(
+            site.subset(local_idx), site.subset(val_idx), np.asarray(syn_x),
+            np.asarray(syn_y).astype(np.int64).reshape(-1), k=num_classes,
+            seeds=range(seed + f * seeds, seed + (f + 1) * seeds),
+            policy=policy or Policy.default("image"), epochs=epochs,
+            site_epochs=site_epochs, test=test, progress=progress)
+        for o in OPTIONS:
+            hits[o][:, val_idx] = fold_hits[o]
+            test_hits[o].extend(fold_test[o])
+    present = set(np.unique(site.labels).tolist())
+    return _verdict(hits, site.labels, present, test_hits, num_classes=num_classes,
+                    seed=seed, confidence=confidence, bootstrap=bootstrap,
+                    absent_margin=absent_margin, margin=margin, metric=metric,
+                    records={"local-records": int(len(site) - len(parts[0])),
+                             "validation-records": int(len(site)),
+                             "synthetic-records": int(len(syn_x)), "seeds": seeds,
+                             "folds": folds},
+                    settings={"seed": seed, "epochs": epochs, "bootstrap": bootstrap,
+                              **settings},
+                    validated_on=f"each of {folds} stratified folds of the site's own "
+                                 "training records, scored by options trained on the others")
+
+
+def stratified_folds(labels: np.ndarray, folds: int, *, seed: int = 0) -> list[np.ndarray]:
+    """``folds`` disjoint index sets covering every record, each class dealt round-robin
+    over the folds in a random order (a class with fewer records than folds is in some
+    folds only)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    start = 0
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        for j, i in enumerate(idx):
+            parts[(start + j) % folds].append(int(i))
+        start += len(idx)  # the next class starts where this one stopped: folds stay even
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _check(local: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_classes: int,
+           confidence: float, bootstrap: int, metric: str) -> None:
+    _int_at_least("bootstrap", bootstrap, 100)
     if metric not in METRICS:
         raise ConfigError(f"`metric` must be one of {', '.join(METRICS)}.", value=metric,
                           fix="pass accuracy or balanced-accuracy.")
@@ -179,13 +293,15 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     if len(syn_x) == 0 or len(syn_y) != len(syn_x) or syn_y.min() < 0 or syn_y.max() >= num_classes:
         raise DataError(f"Synthetic labels must be one per image, in [0, {num_classes}).",
                         value=(len(syn_x), len(syn_y)), fix="pass the generator's labels.")
-    for name, part in (("local", local), ("validation", validation)):
-        if len(part) < MIN_RECORDS:
-            raise DataError(f"The site's {name} part has {len(part)} records; at least "
-                            f"{MIN_RECORDS} are needed for a decision.", value=len(part),
-                            fix="use more records, or a larger/smaller --val-fraction.")
-    policy = policy or Policy.default("image")
-    k = num_classes
+
+
+def _score_options(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
+                   syn_y: np.ndarray, *, k: int, seeds: range, policy: Policy, epochs: int,
+                   site_epochs: int, test: ImageDataset | None,
+                   progress: Callable[[int], object] | None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, list], dict[str, Any]]:
+    """Train the three :data:`OPTIONS` on ``local`` once per seed; their hits on
+    ``validation`` (seeds x records), on ``test`` (one array per seed) and the budgets."""
     n_local, n_mix = len(local), len(local) + len(syn_x)
     # a large site reaches the step cap in fewer passes over its records
     per_epoch = math.ceil(n_local / SITE_BATCH)
@@ -194,9 +310,9 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     mix_epochs = max(epochs, math.ceil(site_steps / math.ceil(n_mix / PRETRAIN_BATCH)))
     mix_x = np.concatenate([local.images, syn_x])
     mix_y = np.concatenate([local.labels, syn_y])
-    correct = {o: [] for o in OPTIONS}
+    correct: dict[str, list] = {o: [] for o in OPTIONS}
     test_correct: dict[str, list] = {o: [] for o in OPTIONS}
-    for s in range(seed, seed + seeds):
+    for s in seeds:
         site = {"num_classes": k, "seed": s, "epochs": site_epochs, "batch_size": SITE_BATCH,
                 "class_weight": "balanced", "augment": _augmenter(policy, s)}
         pre = train_classifier(syn_x, syn_y, num_classes=k, seed=s, epochs=epochs,
@@ -216,9 +332,19 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
                 test_correct[name].append(clf.predict(test.images) == test.labels)
         if progress is not None:
             progress(1)
-    hits = {o: np.asarray(v, dtype=np.float64) for o, v in correct.items()}  # seeds x records
-    weights = {"accuracy": np.ones(len(validation)),
-               "balanced-accuracy": _balancing_weights(validation.labels)}
+    hits = {o: np.asarray(v, dtype=np.float64) for o, v in correct.items()}
+    return hits, test_correct, {"site-epochs": site_epochs, "mix-epochs": mix_epochs}
+
+
+def _verdict(hits: dict[str, np.ndarray], labels: np.ndarray, present: set[int],
+             test_hits: dict[str, list], *, num_classes: int, seed: int, confidence: float,
+             bootstrap: int, absent_margin: float, margin: float, metric: str,
+             records: dict[str, Any],
+             settings: dict[str, Any], validated_on: str) -> dict[str, Any]:
+    """Scores, paired-bootstrap gains and the recommendation from the options' validation
+    hits (seeds x records, ``labels`` the records' classes; module docstring, 3-5)."""
+    weights = {"accuracy": np.ones(len(labels)),
+               "balanced-accuracy": _balancing_weights(labels)}
     level = 1 - (1 - confidence) / (len(OPTIONS) - 1)
     options: dict[str, Any] = {}
     for i, name in enumerate(OPTIONS):
@@ -229,8 +355,8 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
                                  "score": float(per_seed.mean()),
                                  "worst-seed-score": float(per_seed.min()),
                                  "score-per-seed": [float(a) for a in per_seed]}
-        if test is not None:
-            entry["test-accuracy"] = float(np.mean(test_correct[name]))
+        if test_hits[name]:
+            entry["test-accuracy"] = float(np.mean(test_hits[name]))
         if name != "local":
             for m, w in weights.items():
                 diff = (hits[name] - hits["local"]) * w
@@ -244,9 +370,9 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         options[name] = entry
     synthetic = [o for o in OPTIONS if o != "local"]
     best = max(synthetic, key=lambda o: (options[o]["score"], options[o]["gain-interval"][0]))
-    present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
-    absent = sorted(set(range(k)) - present)
-    bar = -absent_margin if absent else 0.0  # non-inferiority where the site lacks classes
+    absent = sorted(set(range(num_classes)) - present)
+    # non-inferiority: a site lacking classes, and (margin > 0) every site
+    bar = -absent_margin if absent else -margin
 
     def choose(interval_key: str) -> str | None:
         cleared = [o for o in synthetic if options[o][interval_key][0] > bar]
@@ -258,6 +384,9 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     recommendation = f"use {chosen}" if chosen else "do not use"
     if chosen and absent and options[chosen]["gain-interval"][0] <= 0:
         recommendation += f" (for the {len(absent)} class(es) this site lacks)"
+    elif chosen and options[chosen]["gain-interval"][0] <= 0:
+        recommendation += (f" (no more than {margin:.0%} below local alone at the interval's "
+                           "level)")
     return {
         "options": options,
         "best-synthetic-option": best,
@@ -270,20 +399,18 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
         "use-synthetic": chosen is not None,
         **{f"{m}-recommended-option": o for m, o in other.items()},
         "rule": (f"non-inferiority on the classes present (margin {absent_margin:g}): the "
-                 "site lacks classes" if absent else "superiority (interval above 0)"),
-        "local-records": n_local,
-        "validation-records": int(len(validation)),
-        "synthetic-records": int(len(syn_x)),
+                 "site lacks classes" if absent else
+                 f"non-inferiority (margin {margin:g})" if margin > 0 else
+                 "superiority (interval above 0)"),
+        **records,
         "classes-absent-at-site": absent,
-        "seeds": seeds,
-        "settings": {"seed": seed, "epochs": epochs, "site-epochs": site_epochs,
-                     "mix-epochs": mix_epochs, "bootstrap": bootstrap},
+        "settings": settings,
         "metric": metric,
-        "definition": f"validation {metric} on a stratified part of the site's own training "
-                      "records; gain = option minus local, paired over records and seeds; "
-                      f"interval: paired bootstrap over validation records and seeds at "
-                      f"{level:.3f} (Bonferroni over {len(synthetic)} synthetic options for "
-                      f"{confidence:.2f} overall); 'use' only when its lower end is above 0",
+        "definition": f"validation {metric} on {validated_on}; gain = option minus local, "
+                      "paired over records and seeds; interval: paired bootstrap over "
+                      f"validation records and seeds at {level:.3f} (Bonferroni over "
+                      f"{len(synthetic)} synthetic options for {confidence:.2f} overall); "
+                      "'use' only when its lower end is above 0",
     }
 
 
@@ -325,21 +452,25 @@ def _match_site(site: ImageDataset, names: list[str], channels: int, source: str
 
 
 def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *,
-                  val_fraction: float = 0.3, seeds: int = 3, num_samples: int = 1000,
+                  folds: int = DEFAULT_FOLDS, val_fraction: float = 0.3,
+                  seeds: int | None = None, num_samples: int = 1000,
                   seed: int = 0, site_labels: str | Path | None = None,
                   steps: int = DEFAULT_SAMPLE_STEPS, epochs: int = PRETRAIN_EPOCHS,
                   site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
                   bootstrap: int = BOOTSTRAP, progress: bool = False,
                   synthetic: tuple[np.ndarray, np.ndarray] | None = None,
-                  test: ImageDataset | None = None, metric: str = DEFAULT_METRIC
-                  ) -> dict[str, Any]:
+                  test: ImageDataset | None = None, metric: str = DEFAULT_METRIC,
+                  margin: float = MARGIN) -> dict[str, Any]:
     """Decide whether the site holding ``site_data`` should use ``model_dir``'s synthetic
     data (module docstring). ``site_data``: a source for
     :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
     model's size; ``site_labels`` for a DICOM folder) or an :class:`ImageDataset`.
     ``num_samples`` synthetic samples are drawn, balanced over the classes, unless
     ``synthetic`` (images, labels) gives them (several sites deciding on one draw).
-    ``test`` and ``metric``: see :func:`decide`.
+    ``folds`` >= 2: cross-validation on all the site's records (:func:`decide_cv`, ``seeds``
+    classifier seeds per fold, default 1); ``folds=1``: one stratified validation part of
+    ``val_fraction`` (:func:`decide`, ``seeds`` default 3). ``test``, ``metric`` and
+    ``margin``: see :func:`decide`.
     """
     from fedaug.data import load_image_source
     from fedaug.generator import load_generator
@@ -358,14 +489,18 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
                         f"are {config.image_size} x {config.image_size}.",
                         value=site_data.image_shape, fix="resize them to the model's size.")
     site = _match_site(site_data, names, config.channels, source)
-    local_idx, val_idx = stratified_split(site.labels, val_fraction, seed=seed)
-    local, validation = site.subset(local_idx), site.subset(val_idx)
-    for name, part in (("local", local), ("validation", validation)):
-        if len(part) < MIN_RECORDS:
-            raise DataError(f"The site's data {source} ({len(site)} records) is too small to "
-                            f"split: its {name} part would have {len(part)} records, fewer "
-                            f"than {MIN_RECORDS}.", value=len(site),
-                            fix="use a site with more records, or change --val-fraction.")
+    folds = _int_at_least("folds", folds, 1)
+    if folds == 1:
+        local_idx, val_idx = stratified_split(site.labels, val_fraction, seed=seed)
+        local, validation = site.subset(local_idx), site.subset(val_idx)
+        small = min(len(local), len(validation))
+    else:
+        small = len(site) // folds
+    if small < MIN_RECORDS:
+        raise DataError(f"The site's data {source} ({len(site)} records) is too small to "
+                        f"validate on: a validation or training part would have {small} "
+                        f"records, fewer than {MIN_RECORDS}.", value=len(site),
+                        fix="use a site with more records, or change --folds/--val-fraction.")
     policy, policy_source = model_policy(model_dir)
     if synthetic is None:
         syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
@@ -373,21 +508,27 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
     else:
         syn_x, syn_y = synthetic
         num_samples = len(syn_x)
+    seeds = seeds if seeds is not None else (3 if folds == 1 else 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=seeds, desc="decision seeds", unit="seed", dynamic_ncols=True)
+        bar = tqdm(total=seeds * folds, desc="decision", unit="fit", dynamic_ncols=True)
+    common = {"num_classes": config.num_classes, "seeds": seeds, "seed": seed,
+              "policy": policy, "epochs": epochs, "site_epochs": site_epochs,
+              "confidence": confidence, "bootstrap": bootstrap, "test": test,
+              "metric": metric, "margin": margin,
+              "progress": None if bar is None else bar.update}
     try:
-        result = decide(local, validation, syn_x, syn_y, num_classes=config.num_classes,
-                        seeds=seeds, seed=seed, policy=policy, epochs=epochs,
-                        site_epochs=site_epochs, confidence=confidence, bootstrap=bootstrap,
-                        progress=None if bar is None else bar.update, test=test,
-                        metric=metric)
+        if folds == 1:
+            result = decide(local, validation, syn_x, syn_y, **common)
+        else:
+            result = decide_cv(site, syn_x, syn_y, folds=folds, **common)
     finally:
         if bar is not None:
             bar.close()
-    return {"model": str(model_dir), "site-data": source, "val-fraction": val_fraction,
+    return {"model": str(model_dir), "site-data": source,
+            "val-fraction": val_fraction if folds == 1 else None,
             "policy": policy_source, "num-samples": num_samples, "steps": steps, **result}
 
 

@@ -16,7 +16,9 @@ from fedaug.evaluate.decision import (
     OPTIONS,
     _balancing_weights,
     decide,
+    decide_cv,
     site_decision,
+    stratified_folds,
     stratified_split,
 )
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, save_generator
@@ -42,7 +44,8 @@ def small_site():
 
 
 def _decide(local, val, x, y):
-    return decide(local, val, x, y, num_classes=10, seeds=3, epochs=4, site_epochs=15)
+    return decide(local, val, x, y, num_classes=10, seeds=3, epochs=4, site_epochs=15,
+                  metric="accuracy")
 
 
 def test_stratified_split_keeps_each_class_on_both_sides_and_is_disjoint():
@@ -117,15 +120,55 @@ def test_balanced_accuracy_scores_each_class_the_same_on_a_skewed_site(small_sit
                epochs=1, site_epochs=1, metric="f1")
 
 
+def test_stratified_folds_cover_every_record_once_and_deal_each_class_evenly():
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 1)
+    parts = stratified_folds(labels, 3, seed=2)
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == list(range(15))
+    for c, n in ((0, 10), (1, 4)):
+        per_fold = [int((labels[p] == c).sum()) for p in parts]
+        assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_cross_validated_decision_validates_on_every_record(small_site):
+    # Prepare: the whole site (120 digits) and "synthetic" data from a perfect generator
+    local, val, others = small_site
+    site = ImageDataset(np.concatenate([local.images, val.images]),
+                        np.concatenate([local.labels, val.labels]), local.class_names, "site")
+
+    # Execute
+    d = decide_cv(site, others.images, others.labels, num_classes=10, folds=3, seeds=1,
+                  epochs=4, site_epochs=15, test=val)
+
+    # Assert: every record scored once, by options that never trained on it; a perfect
+    # generator helps a 12-per-class site
+    assert d["folds"] == 3 and d["validation-records"] == 120 and d["local-records"] == 80
+    for o in d["options"].values():
+        assert len(o["score-per-seed"]) == 1 and 0 <= o["test-accuracy"] <= 1
+    assert d["gain-interval"][0] > 0 and d["use-synthetic"] is True
+    assert "3 stratified folds" in d["definition"]
+    with pytest.raises(ConfigError, match="folds"):
+        decide_cv(site, others.images, others.labels, num_classes=10, folds=1)
+
+
 def test_noise_as_synthetic_data_gives_do_not_use(small_site):
     local, val, _ = small_site
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (600, 8, 8, 1), dtype=np.uint8)
 
-    d = _decide(local, val, noise, rng.integers(0, 10, 600))
+    labels = rng.integers(0, 10, 600)
+    d = _decide(local, val, noise, labels)
 
     assert d["gain-interval"][0] <= 0
     assert d["recommendation"] == "do not use" and d["use-synthetic"] is False
+    assert d["rule"] == "superiority (interval above 0)"
+    # a margin no option can miss turns the same evidence into a non-inferiority "use"
+    lax = decide(local, val, noise, labels, num_classes=10, seeds=3, epochs=4,
+                 site_epochs=15, margin=1.0, metric="accuracy")
+    assert lax["use-synthetic"] is True and lax["rule"] == "non-inferiority (margin 1)"
+    assert lax["recommendation"].endswith("(no more than 100% below local alone at the "
+                                          "interval's level)")
 
 
 def test_site_decision_samples_the_model_and_reads_only_the_train_split(tmp_path):
@@ -133,11 +176,11 @@ def test_site_decision_samples_the_model_and_reads_only_the_train_split(tmp_path
     train = load_digits_builtin(split="train")
     site = train.subset(np.arange(80))
 
-    d = site_decision(tmp_path / "m", site, val_fraction=0.3, seeds=1, num_samples=40,
-                      seed=0, steps=2, epochs=1, site_epochs=2)
+    d = site_decision(tmp_path / "m", site, folds=1, val_fraction=0.3, seeds=1,
+                      num_samples=40, seed=0, steps=2, epochs=1, site_epochs=2)
 
     assert d["synthetic-records"] == 40 and d["seeds"] == 1 and d["policy"] == "default"
-    assert d["local-records"] + d["validation-records"] == 80
+    assert d["local-records"] + d["validation-records"] == 80 and d["folds"] == 1
     assert d["recommendation"] in ("do not use", "use synthetic-pretrain", "use synthetic-mix")
 
 
@@ -159,15 +202,16 @@ def test_evaluate_site_data_prints_a_table_and_writes_decision_json(tmp_path, ca
     # Execute
     rc = main(["evaluate", "--model", str(tmp_path / "m"), "--site-data", str(site),
                "--seeds", "1", "--num-samples", "30", "--steps", "2", "--quick",
-               "--metric", "balanced-accuracy", "--out", str(tmp_path / "r")])
+               "--metric", "accuracy", "--out", str(tmp_path / "r")])
 
     # Assert
     out = capsys.readouterr().out
     d = json.loads((tmp_path / "r" / "decision.json").read_text())
     assert rc == 0 and "recommendation:" in out and "synthetic-pretrain" in out
-    assert d["metric"] == "balanced-accuracy" and "val bal" in out
+    assert d["metric"] == "accuracy" and "val acc" in out
     assert d["classes-absent-at-site"] == [7, 8, 9]
-    assert d["local-records"] + d["validation-records"] == 70
+    # cross-validated (the default): every record is a validation record once
+    assert d["folds"] == 3 and d["validation-records"] == 70
     assert d["settings"]["site-epochs"] == 10
 
 
@@ -184,7 +228,10 @@ def test_bad_site_data_is_refused(tmp_path, capsys):
     with pytest.raises(DataError, match="too small"):
         site_decision(tmp_path / "m", digits.subset(np.arange(12)), num_samples=10, steps=2)
     with pytest.raises(ConfigError, match="val_fraction"):
-        site_decision(tmp_path / "m", digits, val_fraction=1.5, num_samples=10, steps=2)
+        site_decision(tmp_path / "m", digits, folds=1, val_fraction=1.5, num_samples=10,
+                      steps=2)
+    with pytest.raises(ConfigError, match="folds"):
+        site_decision(tmp_path / "m", digits, folds=0, num_samples=10, steps=2)
     with pytest.raises(ConfigError, match="seeds"):
         site_decision(tmp_path / "m", digits, seeds=0, num_samples=10, steps=2)
     rc = main(["evaluate", "--model", str(tmp_path / "m")])

@@ -74,4 +74,5 @@ def test_rgb_federation_end_to_end(tmp_path):
     assert report["fidelity"]["frechet-distance"] >= 0.0
     d = site_decision(out / "global", train.subset(np.arange(120)), seeds=1, num_samples=30,
                       steps=2, epochs=1, site_epochs=2)
-    assert d["synthetic-records"] == 30 and d["local-records"] + d["validation-records"] == 120
+    # cross-validated: every one of the 120 records is validated once
+    assert d["synthetic-records"] == 30 and d["validation-records"] == 120 and d["folds"] == 3
