@@ -66,11 +66,11 @@ RULES: tuple[Rule, ...] = (
          "one step per round where local-epochs is 0"),
     Rule("num-server-rounds", lambda f, run: 60 if f.small else 20,
          "60 up to 16 px, 20 above",
-         "60 beat 30 and 100 at 8x8; 20 keep a 28x28 run within the time target"),
+         "60 beat 30 and 100 at 8x8; at 28x28, 30 did not beat 20 on validation data"),
     Rule("warmup-steps", lambda f, run: 1000 if f.small else 300,
          "1000 up to 16 px, 300 above",
          "server pretraining on the DP central images (post-processing, no budget): 1000 "
-         "beat 300 at 8x8; 28x28 keeps the 300 it was measured with"),
+         "beat 300 at 8x8, not at 28x28 (validation data)"),
     Rule("warmup-size", lambda f, run: f.image_size // 2 if f.epsilon <= 1 and not f.small
          else 0,
          "half the image size at epsilon <= 1 above 16 px, else the image size",
