@@ -102,7 +102,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             continue
         lo, hi = d["gain-interval"]
         print(f"  {d['site']:<10} synthetic data: {d['recommendation']} ({d['option']}: "
-              f"validation gain {d['gain']:+.3f}, [{lo:+.3f}, {hi:+.3f}])")
+              f"validation gain in {d.get('metric', 'accuracy')} {d['gain']:+.3f}, "
+              f"[{lo:+.3f}, {hi:+.3f}])")
     print(f"  global model : {out / 'global'}  (FedaugPipeline.from_pretrained(...))")
     print(f"  policy       : {out / 'global' / 'policy.json'}  (fedaug augment --policy ...)")
     print(f"  model card   : {out / 'global' / 'model_card.json'}")

@@ -102,17 +102,19 @@ def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
                  "option": option, "gain": d["options"][option]["gain"],
                  "gain-interval": d["options"][option]["gain-interval"],
                  "interval-level": d["interval-level"], "use-synthetic": d["use-synthetic"],
-                 "rule": d["rule"],
+                 "rule": d["rule"], "metric": d["metric"],
                  "classes-absent-at-site": [names[c] for c in d["classes-absent-at-site"]],
                  "options": d["options"]}
         out.append(entry)
         atomic_write_json(out_dir / "sites" / name / "decision.json", d)
-        log.info("%s (%d records): %s; %s, validation gain %+.3f [%+.3f, %+.3f]", name,
-                 len(site), d["recommendation"], option, entry["gain"], *entry["gain-interval"])
+        log.info("%s (%d records): %s; %s, validation gain (%s) %+.3f [%+.3f, %+.3f]", name,
+                 len(site), d["recommendation"], option, d["metric"], entry["gain"],
+                 *entry["gain-interval"])
     atomic_write_json(out_dir / DECISIONS_FILE, {
         "definition": "each simulated site's decision on its own data, as `fedaug evaluate "
-                      "--site-data` makes it: validation accuracy of training with the "
-                      "synthetic data (pretraining or mixing) against its local data alone",
+                      "--site-data` makes it: the cross-validated score (each site's "
+                      "`metric`) of training with the synthetic data (pretraining or "
+                      "mixing) against its local data alone, on its own records",
         "model": str(model), "synthetic-samples": int(len(syn_x)), "sites": out})
     return out
 

@@ -229,13 +229,14 @@ def decide_cv(site: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_c
     hits = {o: np.zeros((seeds, len(site))) for o in OPTIONS}
     test_hits: dict[str, list] = {o: [] for o in OPTIONS}
     settings: dict[str, Any] = {}
-    for f, val_idx in enumerate(parts):
-        local_idx = np.setdiff1d(np.arange(len(site)), val_idx)
-        for name, n in (("local", len(local_idx)), ("validation", len(val_idx))):
+    for f, val_idx in enumerate(parts):  # every fold checked before any training
+        for name, n in (("training", len(site) - len(val_idx)), ("validation", len(val_idx))):
             if n < MIN_RECORDS:
                 raise DataError(f"Fold {f} of the site's records has a {name} part of {n} "
                                 f"records; at least {MIN_RECORDS} are needed.", value=n,
                                 fix="use a site with more records, or fewer --folds.")
+    for f, val_idx in enumerate(parts):
+        local_idx = np.setdiff1d(np.arange(len(site)), val_idx)
         fold_hits, fold_test, settings = _score_options(
             site.subset(local_idx), site.subset(val_idx), np.asarray(syn_x),
             np.asarray(syn_y).astype(np.int64).reshape(-1), k=num_classes,
@@ -542,7 +543,13 @@ def format_decision(d: dict[str, Any]) -> str:
         ci = "[{:+.3f}, {:+.3f}]".format(*o["gain-interval"]) if "gain-interval" in o else ""
         lines.append(f"{name:<20}{o['score']:>9.3f}{o['worst-seed-score']:>12.3f}"
                      f"{gain}  {ci}")
-    lines.append(f"site: {d['local-records']} local + {d['validation-records']} validation "
-                 f"records, {d['synthetic-records']} synthetic, {d['seeds']} seed(s)")
+    if d.get("folds", 1) > 1:
+        lines.append(f"site: {d['validation-records']} records, each validated once by "
+                     f"{d['folds']}-fold cross-validation (about {d['local-records']} training "
+                     f"each), {d['synthetic-records']} synthetic, {d['seeds']} seed(s) per fold")
+    else:
+        lines.append(f"site: {d['local-records']} local + {d['validation-records']} "
+                     f"validation records, {d['synthetic-records']} synthetic, "
+                     f"{d['seeds']} seed(s)")
     lines.append(f"recommendation: {d['recommendation']}")
     return "\n".join(lines)
