@@ -68,7 +68,7 @@ from fedaug.data import ImageDataset
 from fedaug.errors import ConfigError, DataError
 from fedaug.evaluate.classifier import train_classifier
 
-__all__ = ["OPTIONS", "METRICS", "DEFAULT_METRIC", "MIN_RECORDS", "decide", "decide_cv",
+__all__ = ["OPTIONS", "MIN_RECORDS", "decide", "decide_cv",
            "stratified_folds", "site_decision", "stratified_split",
            "model_policy", "format_decision"]
 
@@ -86,14 +86,8 @@ MAX_SITE_STEPS = 1500
 FINETUNE_LR = 5e-4
 #: Largest loss on the classes present that a site lacking classes accepts (point 5 above).
 ABSENT_MARGIN = 0.05
-#: Largest loss a site with every class accepts (point 4 above; 0 = superiority).
-MARGIN = DEFAULT_DECISION_MARGIN
-#: Folds of the cross-validated decision (``site_decision``; 1 = one held-out part).
-DEFAULT_FOLDS = DEFAULT_DECISION_FOLDS
 #: Bootstrap draws of the gain's interval.
 BOOTSTRAP = 4000
-#: What the options are scored by on the validation part (point 3 of the module docstring).
-METRICS, DEFAULT_METRIC = DECISION_METRICS, DEFAULT_DECISION_METRIC
 
 
 def _int_at_least(name: str, value: Any, low: int) -> int:
@@ -159,15 +153,15 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
            site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
            bootstrap: int = BOOTSTRAP, progress: Callable[[int], object] | None = None,
            test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN,
-           margin: float = MARGIN,
-           metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+           margin: float = DEFAULT_DECISION_MARGIN,
+           metric: str = DEFAULT_DECISION_METRIC) -> dict[str, Any]:
     """The decision on arrays: train the three :data:`OPTIONS` on ``local`` over
     ``seeds`` seeds, score them on ``validation``, bootstrap the gains (module docstring).
 
     ``test``: records the decision never sees (a benchmark's test split); each option's
     mean accuracy on them is added as ``test-accuracy``, to check the decision afterwards.
 
-    ``metric``: what the options are scored by on ``validation`` (:data:`METRICS`):
+    ``metric``: what the options are scored by on ``validation`` (:data:`fedaug.config.DECISION_METRICS`):
     ``accuracy``, or ``balanced-accuracy``, the mean recall over the classes present (each
     record weighted by the inverse of its class's count), for a site whose own class mix is
     not the one it will meet. Each option reports both; the gain and interval the decision
@@ -183,28 +177,15 @@ def decide(local: ImageDataset, validation: ImageDataset, syn_x: np.ndarray,
     labels in ``[0, num_classes)``. ``progress(1)`` is called after each seed.
     """
     seeds = _int_at_least("seeds", seeds, 1)
-    _check(local, syn_x, syn_y, num_classes=num_classes, confidence=confidence,
-           bootstrap=bootstrap, metric=metric)
-    syn_x, syn_y = np.asarray(syn_x), np.asarray(syn_y).astype(np.int64).reshape(-1)
-    for name, part in (("local", local), ("validation", validation)):
-        if len(part) < MIN_RECORDS:
-            raise DataError(f"The site's {name} part has {len(part)} records; at least "
-                            f"{MIN_RECORDS} are needed for a decision.", value=len(part),
-                            fix="use more records, or a larger/smaller --val-fraction.")
-    hits, test_hits, settings = _score_options(
-        local, validation, syn_x, syn_y, k=num_classes, seeds=range(seed, seed + seeds),
-        policy=policy or Policy.default("image"), epochs=epochs, site_epochs=site_epochs,
-        test=test, progress=progress)
-    present = set(np.unique(local.labels).tolist()) | set(np.unique(validation.labels).tolist())
-    return _verdict(hits, validation.labels, present, test_hits, num_classes=num_classes,
-                    seed=seed, confidence=confidence, bootstrap=bootstrap,
-                    absent_margin=absent_margin, margin=margin, metric=metric,
-                    records={"local-records": len(local),
-                             "validation-records": int(len(validation)),
-                             "synthetic-records": int(len(syn_x)), "seeds": seeds, "folds": 1},
-                    settings={"seed": seed, "epochs": epochs, "bootstrap": bootstrap,
-                              **settings},
-                    validated_on="a stratified part of the site's own training records")
+    site = ImageDataset(np.concatenate([local.images, validation.images]),
+                        np.concatenate([local.labels, validation.labels]),
+                        local.class_names, local.name)
+    n = len(local)
+    splits = [(np.arange(n), np.arange(n, n + len(validation)))]
+    return _decide(site, splits, syn_x, syn_y, num_classes=num_classes, seeds=seeds,
+                   seed=seed, policy=policy, epochs=epochs, site_epochs=site_epochs,
+                   confidence=confidence, bootstrap=bootstrap, progress=progress, test=test,
+                   absent_margin=absent_margin, margin=margin, metric=metric)
 
 
 def decide_cv(site: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_classes: int,
@@ -213,8 +194,8 @@ def decide_cv(site: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_c
               confidence: float = 0.95, bootstrap: int = BOOTSTRAP,
               progress: Callable[[int], object] | None = None,
               test: ImageDataset | None = None, absent_margin: float = ABSENT_MARGIN,
-              margin: float = MARGIN,
-              metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+              margin: float = DEFAULT_DECISION_MARGIN,
+              metric: str = DEFAULT_DECISION_METRIC) -> dict[str, Any]:
     """The decision by stratified ``folds``-fold cross-validation on all of ``site``'s
     records: each fold is scored by the options trained on the other folds (``seeds``
     classifier seeds each), so every record is a validation record once, and the gains'
@@ -223,41 +204,11 @@ def decide_cv(site: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_c
     """
     folds = _int_at_least("folds", folds, 2)
     seeds = _int_at_least("seeds", seeds, 1)
-    _check(site, syn_x, syn_y, num_classes=num_classes, confidence=confidence,
-           bootstrap=bootstrap, metric=metric)
-    parts = stratified_folds(site.labels, folds, seed=seed)
-    hits = {o: np.zeros((seeds, len(site))) for o in OPTIONS}
-    test_hits: dict[str, list] = {o: [] for o in OPTIONS}
-    settings: dict[str, Any] = {}
-    for f, val_idx in enumerate(parts):  # every fold checked before any training
-        for name, n in (("training", len(site) - len(val_idx)), ("validation", len(val_idx))):
-            if n < MIN_RECORDS:
-                raise DataError(f"Fold {f} of the site's records has a {name} part of {n} "
-                                f"records; at least {MIN_RECORDS} are needed.", value=n,
-                                fix="use a site with more records, or fewer --folds.")
-    for f, val_idx in enumerate(parts):
-        local_idx = np.setdiff1d(np.arange(len(site)), val_idx)
-        fold_hits, fold_test, settings = _score_options(
-            site.subset(local_idx), site.subset(val_idx), np.asarray(syn_x),
-            np.asarray(syn_y).astype(np.int64).reshape(-1), k=num_classes,
-            seeds=range(seed + f * seeds, seed + (f + 1) * seeds),
-            policy=policy or Policy.default("image"), epochs=epochs,
-            site_epochs=site_epochs, test=test, progress=progress)
-        for o in OPTIONS:
-            hits[o][:, val_idx] = fold_hits[o]
-            test_hits[o].extend(fold_test[o])
-    present = set(np.unique(site.labels).tolist())
-    return _verdict(hits, site.labels, present, test_hits, num_classes=num_classes,
-                    seed=seed, confidence=confidence, bootstrap=bootstrap,
-                    absent_margin=absent_margin, margin=margin, metric=metric,
-                    records={"local-records": int(len(site) - len(parts[0])),
-                             "validation-records": int(len(site)),
-                             "synthetic-records": int(len(syn_x)), "seeds": seeds,
-                             "folds": folds},
-                    settings={"seed": seed, "epochs": epochs, "bootstrap": bootstrap,
-                              **settings},
-                    validated_on=f"each of {folds} stratified folds of the site's own "
-                                 "training records, scored by options trained on the others")
+    return _decide(site, _splits(site.labels, folds=folds, seed=seed), syn_x, syn_y,
+                   num_classes=num_classes, seeds=seeds, seed=seed, policy=policy,
+                   epochs=epochs, site_epochs=site_epochs, confidence=confidence,
+                   bootstrap=bootstrap, progress=progress, test=test,
+                   absent_margin=absent_margin, margin=margin, metric=metric)
 
 
 def stratified_folds(labels: np.ndarray, folds: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -276,11 +227,79 @@ def stratified_folds(labels: np.ndarray, folds: int, *, seed: int = 0) -> list[n
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+Splits = list[tuple[np.ndarray, np.ndarray]]
+
+
+def _splits(labels: np.ndarray, *, folds: int, val_fraction: float = 0.3, seed: int = 0
+            ) -> Splits:
+    """(training, validation) index pairs: ``folds`` cross-validation folds, or with
+    ``folds=1`` one stratified part of ``val_fraction``."""
+    if folds == 1:
+        return [stratified_split(labels, val_fraction, seed=seed)]
+    every = np.arange(len(labels))
+    return [(np.setdiff1d(every, part), part)
+            for part in stratified_folds(labels, folds, seed=seed)]
+
+
+def _check_splits(splits: Splits, records: int) -> None:
+    """Every training and validation part has at least :data:`MIN_RECORDS` records."""
+    for f, (train, val) in enumerate(splits):
+        for name, n in (("training", len(train)), ("validation", len(val))):
+            if n < MIN_RECORDS:
+                raise DataError(f"The site's data ({records} records) is too small to "
+                                f"validate on: split {f} has a {name} part of {n} records, "
+                                f"fewer than {MIN_RECORDS}.", value=records,
+                                fix="use a site with more records, or change "
+                                "--folds/--val-fraction.")
+
+
+def _decide(site: ImageDataset, splits: Splits, syn_x: np.ndarray, syn_y: np.ndarray, *,
+            num_classes: int, seeds: int, seed: int, policy: Policy | None, epochs: int,
+            site_epochs: int, confidence: float, bootstrap: int,
+            progress: Callable[[int], object] | None, test: ImageDataset | None,
+            absent_margin: float, margin: float, metric: str) -> dict[str, Any]:
+    """The decision over ``splits`` of ``site``: options trained on each training part
+    score its validation part (every split checked before any training)."""
+    _check(site, syn_x, syn_y, num_classes=num_classes, confidence=confidence,
+           bootstrap=bootstrap, metric=metric)
+    _check_splits(splits, len(site))
+    syn_x, syn_y = np.asarray(syn_x), np.asarray(syn_y).astype(np.int64).reshape(-1)
+    validated = np.concatenate([val for _, val in splits])
+    hits = {o: np.zeros((seeds, len(site))) for o in OPTIONS}
+    test_hits: dict[str, list] = {o: [] for o in OPTIONS}
+    settings: dict[str, Any] = {}
+    for f, (train, val) in enumerate(splits):
+        split_hits, split_test, settings = _score_options(
+            site.subset(train), site.subset(val), syn_x, syn_y, k=num_classes,
+            seeds=range(seed + f * seeds, seed + (f + 1) * seeds),
+            policy=policy or Policy.default("image"), epochs=epochs,
+            site_epochs=site_epochs, test=test, progress=progress)
+        for o in OPTIONS:
+            hits[o][:, val] = split_hits[o]
+            test_hits[o].extend(split_test[o])
+    folds = len(splits)
+    return _verdict({o: h[:, validated] for o, h in hits.items()}, site.labels[validated],
+                    set(np.unique(site.labels).tolist()), test_hits,
+                    num_classes=num_classes, seed=seed, confidence=confidence,
+                    bootstrap=bootstrap, absent_margin=absent_margin, margin=margin,
+                    metric=metric,
+                    records={"local-records": int(len(splits[0][0])),
+                             "validation-records": int(len(validated)),
+                             "synthetic-records": int(len(syn_x)), "seeds": seeds,
+                             "folds": folds},
+                    settings={"seed": seed, "epochs": epochs, "bootstrap": bootstrap,
+                              **settings},
+                    validated_on="a stratified part of the site's own training records"
+                    if folds == 1 else f"each of {folds} stratified folds of the site's own "
+                    "training records, scored by options trained on the others")
+
+
 def _check(local: ImageDataset, syn_x: np.ndarray, syn_y: np.ndarray, *, num_classes: int,
            confidence: float, bootstrap: int, metric: str) -> None:
     _int_at_least("bootstrap", bootstrap, 100)
-    if metric not in METRICS:
-        raise ConfigError(f"`metric` must be one of {', '.join(METRICS)}.", value=metric,
+    if metric not in DECISION_METRICS:
+        raise ConfigError(f"`metric` must be one of {', '.join(DECISION_METRICS)}.",
+                          value=metric,
                           fix="pass accuracy or balanced-accuracy.")
     if isinstance(confidence, bool) or not isinstance(confidence, float) or not 0 < confidence < 1:
         raise ConfigError("`confidence` must lie strictly between 0 and 1.", value=confidence,
@@ -381,7 +400,7 @@ def _verdict(hits: dict[str, np.ndarray], labels: np.ndarray, present: set[int],
 
     chosen = choose("gain-interval")
     # what the other metric would have chosen, to compare the two rules afterwards
-    other = {m: choose(f"{m}-gain-interval") for m in METRICS if m != metric}
+    other = {m: choose(f"{m}-gain-interval") for m in DECISION_METRICS if m != metric}
     recommendation = f"use {chosen}" if chosen else "do not use"
     if chosen and absent and options[chosen]["gain-interval"][0] <= 0:
         recommendation += f" (for the {len(absent)} class(es) this site lacks)"
@@ -453,15 +472,15 @@ def _match_site(site: ImageDataset, names: list[str], channels: int, source: str
 
 
 def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *,
-                  folds: int = DEFAULT_FOLDS, val_fraction: float = 0.3,
+                  folds: int = DEFAULT_DECISION_FOLDS, val_fraction: float = 0.3,
                   seeds: int | None = None, num_samples: int = 1000,
                   seed: int = 0, site_labels: str | Path | None = None,
                   steps: int = DEFAULT_SAMPLE_STEPS, epochs: int = PRETRAIN_EPOCHS,
                   site_epochs: int = SITE_EPOCHS, confidence: float = 0.95,
                   bootstrap: int = BOOTSTRAP, progress: bool = False,
                   synthetic: tuple[np.ndarray, np.ndarray] | None = None,
-                  test: ImageDataset | None = None, metric: str = DEFAULT_METRIC,
-                  margin: float = MARGIN) -> dict[str, Any]:
+                  test: ImageDataset | None = None, metric: str = DEFAULT_DECISION_METRIC,
+                  margin: float = DEFAULT_DECISION_MARGIN) -> dict[str, Any]:
     """Decide whether the site holding ``site_data`` should use ``model_dir``'s synthetic
     data (module docstring). ``site_data``: a source for
     :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
@@ -491,17 +510,9 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
                         value=site_data.image_shape, fix="resize them to the model's size.")
     site = _match_site(site_data, names, config.channels, source)
     folds = _int_at_least("folds", folds, 1)
-    if folds == 1:
-        local_idx, val_idx = stratified_split(site.labels, val_fraction, seed=seed)
-        local, validation = site.subset(local_idx), site.subset(val_idx)
-        small = min(len(local), len(validation))
-    else:
-        small = len(site) // folds
-    if small < MIN_RECORDS:
-        raise DataError(f"The site's data {source} ({len(site)} records) is too small to "
-                        f"validate on: a validation or training part would have {small} "
-                        f"records, fewer than {MIN_RECORDS}.", value=len(site),
-                        fix="use a site with more records, or change --folds/--val-fraction.")
+    splits = _splits(site.labels, folds=folds, val_fraction=val_fraction, seed=seed)
+    _check_splits(splits, len(site))  # before sampling the generator
+    seeds = _int_at_least("seeds", seeds if seeds is not None else (3 if folds == 1 else 1), 1)
     policy, policy_source = model_policy(model_dir)
     if synthetic is None:
         syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
@@ -509,22 +520,17 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
     else:
         syn_x, syn_y = synthetic
         num_samples = len(syn_x)
-    seeds = seeds if seeds is not None else (3 if folds == 1 else 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=seeds * folds, desc="decision", unit="fit", dynamic_ncols=True)
-    common = {"num_classes": config.num_classes, "seeds": seeds, "seed": seed,
-              "policy": policy, "epochs": epochs, "site_epochs": site_epochs,
-              "confidence": confidence, "bootstrap": bootstrap, "test": test,
-              "metric": metric, "margin": margin,
-              "progress": None if bar is None else bar.update}
     try:
-        if folds == 1:
-            result = decide(local, validation, syn_x, syn_y, **common)
-        else:
-            result = decide_cv(site, syn_x, syn_y, folds=folds, **common)
+        result = _decide(site, splits, syn_x, syn_y, num_classes=config.num_classes,
+                         seeds=seeds, seed=seed, policy=policy, epochs=epochs,
+                         site_epochs=site_epochs, confidence=confidence, bootstrap=bootstrap,
+                         progress=None if bar is None else bar.update, test=test,
+                         absent_margin=ABSENT_MARGIN, margin=margin, metric=metric)
     finally:
         if bar is not None:
             bar.close()
