@@ -38,7 +38,7 @@ from fedaug.server.checkpoint import (
     write_global,
 )
 from fedaug.server.strategy import FedAugStrategy, RoundSummary
-from fedaug.server.warmup import collect_central_images, pretrain_on_central_images
+from fedaug.server.warmup import class_prior, collect_central_images, pretrain_on_central_images
 
 __all__ = ["app", "main", "run_server", "load_policy"]
 
@@ -80,12 +80,16 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
                            keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
                            keys.WARMUP_SIZE: size})
-    means, answers = collect_central_images(grid, config, num_classes=gen_config.num_classes,
+    means, counts, answers = collect_central_images(grid, config, num_classes=gen_config.num_classes,
                                             image_shape=(gen_config.channels, size, size),
                                             timeout=run.round_timeout_s)
     for a in answers:  # every site that spent on this model goes in the model card
         strategy.record_warm_start(a.node, site=a.site, epsilon=a.epsilon, delta=a.delta,
                                    budget=a.budget, released=a.released)
+    if counts is not None:
+        strategy.class_prior = class_prior(counts)
+        log.info("warm start: class proportions from the noised class counts: %s",
+                 ", ".join(f"{p:.3f}" for p in strategy.class_prior))
     if means is not None:
         if size != gen_config.image_size:  # sums of downsampled images: back to full size
             means = torch.nn.functional.interpolate(
@@ -144,6 +148,11 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
             "ended-early": strategy.ended,
             "train-settings": settings.to_mapping(),
             "prediction-type": gen_config.prediction_type,
+            "class-prior": (None if strategy.class_prior is None else {
+                "proportions": strategy.class_prior,
+                "from": "the sites' noised class counts of the warm-up release, summed (a "
+                        "post-processing of DP releases); synthetic labels follow it",
+            }),
             "recipe-auto": recipe,
             "institution-level-dp": (None if strategy.central_ledger is None else {
                 "noise-multiplier": run.central_noise_multiplier,

@@ -155,6 +155,8 @@ class FedAugStrategy(FedAvg):
         self._current: ArrayRecord | None = None
         self._ema: dict[str, np.ndarray] | None = None
         self.published: ArrayRecord | None = None
+        #: class proportions from the warm-up's noised class counts (None without a warm start)
+        self.class_prior: list[float] | None = None
         self.latest_raw: ArrayRecord | None = None
         self._t0 = 0.0
         self._selected = 0
@@ -323,6 +325,7 @@ class FedAugStrategy(FedAvg):
             "sites": {str(n): vars(r) for n, r in self.sites.items()},
             "exhausted": sorted(self.exhausted),
             "ema": self._ema,
+            "class-prior": self.class_prior,
         }
 
     def resume_from(self, state: dict[str, Any]) -> None:
@@ -332,6 +335,7 @@ class FedAugStrategy(FedAvg):
         self.sites = {int(n): SiteRecord(**r) for n, r in state["sites"].items()}
         self.exhausted = {int(n) for n in state["exhausted"]}
         self._ema = state.get("ema")
+        self.class_prior = state.get("class-prior")
 
     def site_cards(self) -> list[dict[str, Any]]:
         """Per-site entries of the model card, sorted by site name."""

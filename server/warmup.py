@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from fedaug import keys
 from fedaug.generator import train_nondp
 
-__all__ = ["WarmupReply", "collect_central_images", "pretrain_on_central_images"]
+__all__ = ["WarmupReply", "class_prior", "collect_central_images", "pretrain_on_central_images"]
 
 log = logging.getLogger("fedaug.server")
 
@@ -36,9 +36,10 @@ class WarmupReply:
 def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int,
                            image_shape: tuple[int, int, int], timeout: float,
                            min_count: float = 5.0
-                           ) -> tuple[np.ndarray | None, list[WarmupReply]]:
+                           ) -> tuple[np.ndarray | None, np.ndarray | None, list[WarmupReply]]:
     """Ask every site for its noised class sums; return per-class mean images in [-1, 1]
-    as (K, C, H, W) (None when no site released) and each site's reply."""
+    as (K, C, H, W), the noised class counts summed over the sites (K,) (both None when no
+    site released) and each site's reply."""
     nodes = list(grid.get_node_ids())
     msgs = [Message(content=RecordDict({keys.CONFIG: config}), message_type=MessageType.QUERY,
                     dst_node_id=n) for n in nodes]
@@ -72,9 +73,18 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
         used += 1
     log.info("warm-up: %d of %d sites released noised class sums", used, len(nodes))
     if used == 0:
-        return None, answers
+        return None, None, answers
     means = sums / np.maximum(counts, min_count)[:, None]
-    return np.clip(means, -1, 1).reshape(num_classes, c, h, w).astype(np.float32), answers
+    return (np.clip(means, -1, 1).reshape(num_classes, c, h, w).astype(np.float32), counts,
+            answers)
+
+
+def class_prior(counts: np.ndarray, *, min_count: float = 5.0) -> list[float]:
+    """The federation's class proportions from the sites' noised class counts (summed): each
+    count raised to at least ``min_count`` (a noised count can be small or negative), then
+    normalised. A post-processing of DP releases; synthetic labels follow it."""
+    floor = np.maximum(np.asarray(counts, dtype=np.float64), min_count)
+    return [float(v) for v in floor / floor.sum()]
 
 
 def _answer(reply: Message) -> WarmupReply | None:

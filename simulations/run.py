@@ -83,7 +83,7 @@ def decide_sites(run: RunConfig, *, num_sites: int, progress: bool = False,
     data = [simulated_site_data(run, i, num_sites) for i in range(num_sites)]
     per_class = max(100, min(500, max(len(d) for d in data) // 2))
     syn_x, syn_y, names = generate(model, num_samples=per_class * len(data[0].class_names),
-                                   seed=run.seed, steps=run.sample_steps,
+                                   seed=run.seed, steps=run.sample_steps, labels="balanced",
                                    progress=progress and sys.stderr.isatty())
     out = []
     for i, site in enumerate(data):

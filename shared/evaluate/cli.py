@@ -40,6 +40,10 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     help="real data with train and test splits: 'digits', a MedMNIST .npz, or a "
                     "folder with train/ and test/ (required unless --site-data)")
     ev.add_argument("--num-samples", type=int, default=1000, help="synthetic samples (1000)")
+    ev.add_argument("--labels", choices=("prior", "balanced"), default="prior",
+                    help="the report's synthetic classes: prior (default) in the federation's "
+                    "proportions from the model card (even when it has none), balanced the "
+                    "same number of each; a site's decision always draws them balanced")
     ev.add_argument("--small-site-size", type=int, default=100,
                     help="records of the simulated small site (100)")
     ev.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
@@ -186,7 +190,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     small = small_site_subset(train, args.small_site_size, seed=args.seed)
     report = evaluate_generator(args.model, train, test, num_samples=args.num_samples,
                                 small_site=small, seed=args.seed, steps=args.steps,
-                                out_dir=args.out, progress=sys.stderr.isatty(),
+                                out_dir=args.out, labels=args.labels,
+                                progress=sys.stderr.isatty(),
                                 **(QUICK if args.quick else {}))
     u, f = report["utility"], report["fidelity"]
     print(f"TSTR accuracy {u['tstr']['accuracy']:.3f} (AUC {u['tstr']['roc-auc']:.3f}) vs TRTR "

@@ -485,8 +485,10 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
     data (module docstring). ``site_data``: a source for
     :func:`fedaug.data.load_image_source` (its ``train`` split only, resized to the
     model's size; ``site_labels`` for a DICOM folder) or an :class:`ImageDataset`.
-    ``num_samples`` synthetic samples are drawn, balanced over the classes, unless
-    ``synthetic`` (images, labels) gives them (several sites deciding on one draw).
+    ``num_samples`` synthetic samples are drawn, balanced over the classes (not in the
+    federation's class mix: a site's own mix differs, and a site lacking a class needs
+    that class), unless ``synthetic`` (images, labels) gives them (several sites deciding
+    on one draw).
     ``folds`` >= 2: cross-validation on all the site's records (:func:`decide_cv`, ``seeds``
     classifier seeds per fold, default 1); ``folds=1``: one stratified validation part of
     ``val_fraction`` (:func:`decide`, ``seeds`` default 3). ``test``, ``metric`` and
@@ -516,7 +518,7 @@ def site_decision(model_dir: str | Path, site_data: str | Path | ImageDataset, *
     policy, policy_source = model_policy(model_dir)
     if synthetic is None:
         syn_x, syn_y, _ = generate(model_dir, num_samples=num_samples, seed=seed, steps=steps,
-                                   progress=progress)
+                                   labels="balanced", progress=progress)
     else:
         syn_x, syn_y = synthetic
         num_samples = len(syn_x)

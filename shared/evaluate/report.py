@@ -17,11 +17,14 @@ from fedaug.atomic import atomic_write_bytes, atomic_write_json
 from fedaug.augment import Policy, apply_policy
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.data import ImageDataset
+from fedaug.errors import ConfigError
 from fedaug.evaluate.classifier import Classifier, classification_report, train_classifier
 from fedaug.evaluate.fidelity import fidelity_report
 from fedaug.evaluate.privacy_audit import loss_threshold_attack, memorization_report
 from fedaug.generator import load_generator, make_grid, sample_images, to_uint8
+from fedaug.generator.generate import LABEL_MODES, synthetic_labels
 from fedaug.generator.model import diffusion_target
+from fedaug.generator.pipeline import read_class_prior
 
 __all__ = ["STAGES", "diffusion_loss_fn", "privacy_audit", "evaluate_generator",
            "small_site_subset"]
@@ -68,10 +71,9 @@ def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 
     return loss
 
 
-def _sample(model_dir: str | Path, num_classes: int, per_class: int, *, steps: int, seed: int,
+def _sample(model_dir: str | Path, labels: np.ndarray, *, steps: int, seed: int,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     unet, scheduler, _ = load_generator(model_dir)
-    labels = np.repeat(np.arange(num_classes), per_class)
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
                                     seed=seed, progress=progress))
     return images, labels.astype(np.int64)
@@ -90,9 +92,8 @@ def privacy_audit(model_dir: str | Path, train: ImageDataset, holdout: ImageData
     """
     unet, scheduler, config = load_generator(model_dir)
     if synthetic is None:
-        per_class = max(1, num_samples // config.num_classes)
-        synthetic = _sample(model_dir, config.num_classes, per_class, steps=steps, seed=seed,
-                            progress=progress)
+        synthetic = _sample(model_dir, synthetic_labels(num_samples, config.num_classes),
+                            steps=steps, seed=seed, progress=progress)
     with _bar("privacy audit", 2, progress, "part") as bar:
         mem = memorization_report(synthetic[0], train.images, holdout.images, seed=seed)
         bar.update(1)
@@ -218,7 +219,7 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
                        epochs: int = 8, small_site_seeds: int = SMALL_SITE_SEEDS,
                        small_site_epochs: int = SMALL_SITE_EPOCHS,
                        out_dir: str | Path | None = None, audit: bool = True,
-                       progress: bool = False) -> dict[str, Any]:
+                       labels: str = "prior", progress: bool = False) -> dict[str, Any]:
     """The full report: utility (TSTR, TSTR with the sample-level ``policy`` applied to the
     synthetic training set, and TRTR), augmentation gain for a small site,
     fidelity in a real-data classifier's feature space, and the privacy audit.
@@ -228,12 +229,20 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
     :func:`small_site_gain`). ``progress`` shows one tqdm bar per stage (:data:`STAGES`)
     on stderr. The settings are recorded in the report. Writes ``report.json`` and
     ``report.png`` into ``out_dir`` when given.
+
+    The ``num_samples`` synthetic labels follow the model card's class prior (the
+    federation's class mix, from the sites' noised counts) with ``labels="prior"``, as
+    ``fedaug generate`` draws them; ``"balanced"`` (and a model without a prior) spreads
+    them evenly over the classes.
     """
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}.", value=labels)
     t0 = time.perf_counter()
     _, _, config = load_generator(model_dir)
     k = config.num_classes
-    per_class = max(1, num_samples // k)
-    syn_x, syn_y = _sample(model_dir, k, per_class, steps=steps, seed=seed, progress=progress)
+    prior = read_class_prior(model_dir, k) if labels == "prior" else None
+    syn_x, syn_y = _sample(model_dir, synthetic_labels(num_samples, k, prior), steps=steps,
+                           seed=seed, progress=progress)
     kw = {"num_classes": k, "seed": seed, "epochs": epochs}
     with _bar("TSTR classifier", 2 * epochs, progress, "epoch") as bar:
         syn_clf = train_classifier(syn_x, syn_y, progress=bar.update, **kw)
@@ -245,6 +254,8 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
         "model": str(model_dir),
         "num-synthetic": int(len(syn_x)),
         "settings": {"num-samples": num_samples, "steps": steps, "seed": seed,
+                     "synthetic-labels": ("the model's class prior" if prior is not None
+                                          else "balanced"),
                      "epochs": epochs, "small-site-seeds": small_site_seeds,
                      "small-site-epochs": small_site_epochs},
         "utility": {

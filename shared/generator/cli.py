@@ -17,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "global model folder. A progress bar shows on a terminal.")
     g.add_argument("--model", required=True, help="global model folder, e.g. fedaug-out/global")
     g.add_argument("--num-samples", type=int, required=True,
-                   help="samples in total (spread evenly over classes unless --label)")
+                   help="samples in total (spread over the classes by --labels unless --label)")
+    g.add_argument("--labels", choices=("prior", "balanced"), default="prior",
+                   help="prior (default): the classes in the federation's proportions, from "
+                   "the sites' noised class counts in the model card (even when the card has "
+                   "none); balanced: the same number of every class")
     g.add_argument("--label", type=int, help="only this class index")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
@@ -34,7 +38,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     written = generate_to_folder(args.model, args.out, num_samples=args.num_samples,
                                  label=args.label, seed=args.seed, steps=args.steps,
-                                 overwrite=args.overwrite)
+                                 labels=args.labels, overwrite=args.overwrite)
     print(f"wrote {written['num-samples']} samples: {written['folder']} "
           f"(grid {written['grid']}, arrays {written['npz']})")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ from fedaug.atomic import atomic_write_bytes
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.errors import ConfigError
 from fedaug.generator.model import load_generator
-from fedaug.generator.pipeline import read_class_names
+from fedaug.generator.pipeline import read_class_names, read_class_prior
 from fedaug.generator.sample import make_grid, sample_images, to_uint8
 
-__all__ = ["generate", "generate_to_folder", "GRID_PER_CLASS"]
+__all__ = ["generate", "generate_to_folder", "synthetic_labels", "GRID_PER_CLASS", "LABEL_MODES"]
+
+#: How ``generate`` spreads its samples over the classes (see :func:`synthetic_labels`).
+LABEL_MODES = ("prior", "balanced")
 
 #: Most images of one class in a row of ``grid.png`` (a preview; every sample is a PNG).
 GRID_PER_CLASS = 16
@@ -27,11 +31,34 @@ _GRID, _NPZ = "grid.png", "samples.npz"
 _SAMPLE_PNG = re.compile(r"\d{5,}\.png")
 
 
+def synthetic_labels(num_samples: int, num_classes: int,
+                     prior: Sequence[float] | None = None) -> np.ndarray:
+    """``num_samples`` class labels, sorted: in the proportions of ``prior`` (largest
+    remainders, so the counts are as close to ``num_samples * prior`` as whole numbers get),
+    or spread evenly over the classes when ``prior`` is None."""
+    if prior is None:
+        prior = np.full(num_classes, 1.0 / num_classes)
+    p = np.asarray(prior, dtype=np.float64)
+    if p.shape != (num_classes,) or not np.all(np.isfinite(p)) or p.min() < 0 or p.sum() <= 0:
+        raise ConfigError(f"A class prior needs {num_classes} non-negative proportions.",
+                          value=list(np.asarray(prior).tolist()))
+    exact = num_samples * p / p.sum()
+    counts = np.floor(exact).astype(np.int64)
+    # the remainder, one each, to the classes with the largest fractions (ties: lower index)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[:num_samples - int(counts.sum())]] += 1
+    return np.repeat(np.arange(num_classes), counts)
+
+
 def generate(model_dir: str | Path, *, num_samples: int, label: int | None = None,
-             seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS, progress: bool | None = None
-             ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+             seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS, labels: str = "prior",
+             progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sample ``num_samples`` images: uint8 (N, H, W, C), labels (N,), class names.
 
+    ``labels``: ``"prior"`` (the default) draws the classes in the federation's proportions
+    (the model card's ``class-prior``, from the sites' noised class counts), so the synthetic
+    set follows the real data's class mix; a model without one, and ``"balanced"``, spread
+    the samples evenly over the classes. ``label`` gives every sample one class instead.
     ``progress``: a tqdm bar on stderr for runs longer than a second; ``None`` shows it when
     stderr is a terminal.
     """
@@ -42,16 +69,19 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
     if label is not None and not 0 <= label < config.num_classes:
         raise ConfigError(f"--label must be a class index in [0, {config.num_classes - 1}] "
                           f"({', '.join(names)}).", value=label)
+    if labels not in LABEL_MODES:
+        raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}.", value=labels,
+                          fix="Use --labels prior (the federation's class mix) or balanced.")
     if label is None:
-        labels = np.arange(num_samples) % config.num_classes
-        labels.sort(kind="stable")
+        prior = read_class_prior(model_dir, config.num_classes) if labels == "prior" else None
+        drawn = synthetic_labels(num_samples, config.num_classes, prior)
     else:
-        labels = np.full(num_samples, label)
+        drawn = np.full(num_samples, label)
     if progress is None:
         progress = _stderr_is_terminal()
-    images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
+    images = to_uint8(sample_images(unet, scheduler, drawn.tolist(), num_inference_steps=steps,
                                     seed=seed, progress=progress))
-    return images, labels.astype(np.int64), names
+    return images, drawn.astype(np.int64), names
 
 
 def _stderr_is_terminal() -> bool:
@@ -63,7 +93,8 @@ def _stderr_is_terminal() -> bool:
 
 def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: int,
                        label: int | None = None, seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS,
-                       overwrite: bool = False, progress: bool | None = None) -> dict[str, Any]:
+                       labels: str = "prior", overwrite: bool = False,
+                       progress: bool | None = None) -> dict[str, Any]:
     """Write ``out/<class>/NNNNN.png``, ``out/grid.png`` (one labelled row per class) and
     ``out/samples.npz``.
 
@@ -74,7 +105,7 @@ def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: i
     out = Path(out)
     _check_out(out, overwrite=overwrite)
     images, labels, names = generate(model_dir, num_samples=num_samples, label=label,
-                                     seed=seed, steps=steps, progress=progress)
+                                     seed=seed, steps=steps, labels=labels, progress=progress)
     if overwrite:
         _remove_earlier_samples(out)
     for i, (img, y) in enumerate(zip(images, labels, strict=True)):

@@ -48,7 +48,7 @@ from fedaug.generator.model import (
     scheduler_prediction_type,
 )
 
-__all__ = ["FedaugPipeline", "denoise", "read_class_names", "PIPELINE_FILE"]
+__all__ = ["FedaugPipeline", "denoise", "read_class_names", "read_class_prior", "PIPELINE_FILE"]
 
 #: The file diffusers reads a pipeline's components and config from.
 PIPELINE_FILE = "model_index.json"
@@ -125,6 +125,21 @@ def read_class_names(folder: str | Path, num_classes: int) -> list[str]:
         if isinstance(names, list) and len(names) == num_classes:
             return [str(n) for n in names]
     return [str(i) for i in range(num_classes)]
+
+
+def read_class_prior(folder: str | Path, num_classes: int) -> list[float] | None:
+    """The class proportions of a model folder's card (``class-prior``: what the server
+    derived from the sites' noised class counts), or None when the card has none (no warm
+    start, an older model) or they do not fit ``num_classes``."""
+    try:
+        card = json.loads((Path(folder) / _CARD).read_text(encoding="utf-8"))
+        prior = [float(p) for p in card["class-prior"]["proportions"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(prior) != num_classes or not all(np.isfinite(prior)) or min(prior) < 0 \
+            or sum(prior) <= 0:
+        return None
+    return [p / sum(prior) for p in prior]
 
 
 class FedaugPipeline(DiffusionPipeline):

@@ -23,6 +23,10 @@ def test_evaluate_report_has_every_part_and_writes_files(tmp_path):
     _tiny_model(tmp_path / "m")
     train, test = load_digits_builtin(split="train"), load_digits_builtin(split="test")
     small = small_site_subset(train, 60, seed=0)
+    # the federation's class mix, as the server writes it from the noised counts
+    prior = [0.55] + [0.05] * 9
+    (tmp_path / "m" / "model_card.json").write_text(json.dumps(
+        {"class-prior": {"proportions": prior}}))
     # Execute
     report = evaluate_generator(tmp_path / "m", train, test, num_samples=100, small_site=small,
                                 steps=2, epochs=1, out_dir=tmp_path / "r")
@@ -41,6 +45,9 @@ def test_evaluate_report_has_every_part_and_writes_files(tmp_path):
                                       - gain["local"]["accuracy"])
     assert 0 <= report["privacy-audit"]["membership-inference-auc"] <= 1
     assert json.loads((tmp_path / "r" / "report.json").read_text())["num-synthetic"] == 100
+    # the synthetic classes follow the model's class prior
+    assert report["settings"]["synthetic-labels"] == "the model's class prior"
+    assert [report["fidelity"]["per-class"][c]["num-fake"] for c in range(10)] == [55] + [5] * 9
     assert (tmp_path / "r" / "report.png").stat().st_size > 0
 
 
@@ -73,7 +80,8 @@ def test_quick_evaluate_runs_end_to_end_with_one_seed_and_few_epochs(tmp_path, c
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rc == 0 and "TSTR accuracy" in out and "mean of 1 seeds" in out
     assert report["settings"] == {"num-samples": 50, "steps": 2, "seed": 0, "epochs": 2,
-                                  "small-site-seeds": 1, "small-site-epochs": 10}
+                                  "small-site-seeds": 1, "small-site-epochs": 10,
+                                  "synthetic-labels": "balanced"}  # the model has no prior
     gain = report["augmentation-gain"]
     assert gain["seeds"] == 1 and len(gain["local"]["accuracy-per-seed"]) == 1
     assert "privacy-audit" in report and (tmp_path / "r" / "report.png").is_file()

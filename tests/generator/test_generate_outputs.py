@@ -154,3 +154,46 @@ def test_generate_shows_a_progress_bar_only_on_a_terminal(model_dir, tmp_path, m
         assert "sampling" in err and "2/2" in err
     else:
         assert "sampling" not in err and "it/s" not in err and "step/s" not in err
+
+
+def test_synthetic_labels_follow_a_prior_to_the_nearest_whole_count():
+    from fedaug.generator.generate import synthetic_labels
+
+    # 10 x (0.26, 0.74) = 2.6, 7.4: the remainder goes to the larger fraction
+    assert np.bincount(synthetic_labels(10, 2, [0.26, 0.74])).tolist() == [3, 7]
+    assert np.bincount(synthetic_labels(2000, 2, [0.26, 0.74])).tolist() == [520, 1480]
+    # unnormalised proportions are normalised; None spreads the samples evenly
+    assert np.bincount(synthetic_labels(8, 3, [2, 1, 1])).tolist() == [4, 2, 2]
+    assert np.bincount(synthetic_labels(7, 3)).tolist() == [3, 2, 2]
+    labels = synthetic_labels(9, 3, [0.5, 0.2, 0.3])
+    assert len(labels) == 9 and np.all(np.diff(labels) >= 0)  # sorted by class
+    for bad in ([0.5, 0.5], [1.0, -0.1, 0.1], [0.0, 0.0, 0.0], [1.0, float("nan"), 0.0]):
+        with pytest.raises(ConfigError, match="3 non-negative proportions"):
+            synthetic_labels(9, 3, bad)
+
+
+def test_generate_draws_the_model_cards_class_prior_unless_asked_for_balanced(model_dir,
+                                                                               tmp_path):
+    from fedaug.cli import main
+    from fedaug.generator.generate import generate
+    from fedaug.generator.pipeline import read_class_prior
+
+    card = {"classes": NAMES, "class-prior": {"proportions": [0.2, 0.5, 0.3]}}
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    assert read_class_prior(model_dir, 3) == pytest.approx([0.2, 0.5, 0.3])
+    assert read_class_prior(model_dir, 4) is None  # does not fit the model
+    _, labels, _ = generate(model_dir, num_samples=10, steps=1)
+    assert np.bincount(labels).tolist() == [2, 5, 3]
+    _, labels, _ = generate(model_dir, num_samples=10, steps=1, labels="balanced")
+    assert np.bincount(labels).tolist() == [4, 3, 3]
+    with pytest.raises(ConfigError, match="labels must be one of prior, balanced"):
+        generate(model_dir, num_samples=10, steps=1, labels="uniform")
+    assert main(["generate", "--model", str(model_dir), "--num-samples", "10", "--steps", "1",
+                 "--labels", "balanced", "--out", str(tmp_path / "s")]) == 0
+    saved = np.load(tmp_path / "s" / "samples.npz")
+    assert np.bincount(saved["labels"]).tolist() == [4, 3, 3]
+    # a card without a prior (no warm start, an older model): balanced
+    (model_dir / "model_card.json").write_text(json.dumps({"classes": NAMES}))
+    assert read_class_prior(model_dir, 3) is None
+    _, labels, _ = generate(model_dir, num_samples=10, steps=1)
+    assert np.bincount(labels).tolist() == [4, 3, 3]

@@ -98,3 +98,11 @@ def test_a_second_superlink_on_one_state_folder_is_refused(tmp_path):
                 pass
     with database_lock(tmp_path):
         pass
+
+
+def test_class_prior_floors_noised_counts_and_normalises():
+    from fedaug.server.warmup import class_prior
+
+    # a noised count can be tiny or negative: it counts as min_count, never below zero
+    assert class_prior(np.array([-30.0, 2.0, 90.0])) == pytest.approx([0.05, 0.05, 0.9])
+    assert class_prior(np.array([300.0, 700.0])) == pytest.approx([0.3, 0.7])
