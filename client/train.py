@@ -158,6 +158,7 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
         expected_batch_size=plan.expected_batch_size,
         noise=site.noise_source(),
         noise_multiplicity=settings.noise_multiplicity,
+        noise_levels=settings.noise_levels,
         augment=augment,
         optimizer_state=_load_optimizer(opt_path, run_id),
     )

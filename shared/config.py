@@ -30,6 +30,8 @@ PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 #: The value of a recipe key left to the rules of ``fedaug.generator.recipe`` (the server
 #: resolves it from what it knows of the data and the budget; docs/dp-recipe.md).
 AUTO = "auto"
+#: ``noise-levels`` value for timesteps drawn uniformly over the noise schedule.
+UNIFORM_NOISE_LEVELS = "uniform"
 
 __all__ = ["AUTO", "RunConfig", "TrainSettings", "NodeConfig", "settings_help"]
 
@@ -177,6 +179,10 @@ class TrainSettings(_Settings):
                                    "each example's loss before clipping", lo=1, hi=64)
     noise_multiplier: float = _opt(0.0, "DP noise multiplier sigma; 0 = plan it from the site's "
                                    "budget over the remaining rounds", lo=0.0, hi=1000.0)
+    noise_levels: str = _opt(UNIFORM_NOISE_LEVELS, "how DP-SGD draws each view's diffusion "
+                             "noise level: uniform (timesteps uniform over the schedule) or "
+                             "lognormal:MEAN:STD (log sigma ~ N(MEAN, STD), sigma = "
+                             "sqrt((1 - a) / a), the nearest timestep at or above it)")
     augment: bool = _opt(True, "apply the global augmentation policy to each view")
     policy_search_epsilon: float = _opt(0.0, "DP policy search: each site picks one of 6 "
                                         "candidate policies from its data with the exponential "
@@ -186,11 +192,33 @@ class TrainSettings(_Settings):
     seed: int = _opt(0, "run seed: the public draws only (data split, model initialisation, "
                      "evaluation); every draw of a privacy mechanism is secret", lo=0)
 
+    def __post_init__(self) -> None:
+        parse_noise_levels(self.noise_levels)
+
     def steps_per_round(self, sample_rate: float) -> int:
         """DP-SGD steps a site with Poisson rate ``sample_rate`` runs in one round."""
         if self.local_epochs > 0:
             return max(1, math.ceil(self.local_epochs / sample_rate - 1e-9))
         return self.local_steps
+
+
+def parse_noise_levels(spec: str) -> tuple[float, float] | None:
+    """``None`` for ``"uniform"``, ``(mean, std)`` of log sigma for ``"lognormal:MEAN:STD"``."""
+    if spec == UNIFORM_NOISE_LEVELS:
+        return None
+    parts = spec.split(":") if isinstance(spec, str) else []
+    try:
+        if len(parts) != 3 or parts[0] != "lognormal":
+            raise ValueError
+        mean, std = float(parts[1]), float(parts[2])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError
+    except ValueError:
+        raise ConfigError("noise-levels must be 'uniform' or 'lognormal:MEAN:STD' with a "
+                          "finite MEAN and STD > 0.", value=spec,
+                          fix="Use e.g. noise-levels = \"lognormal:0.5:1.4\", or uniform "
+                          "(or auto: the recipe's rule).") from None
+    return mean, std
 
 
 def _same(name: str) -> Any:
@@ -237,6 +265,7 @@ class RunConfig(_Settings):
     max_grad_norm: float = _same("max_grad_norm")
     noise_multiplicity: int = _same("noise_multiplicity")
     noise_multiplier: float = _same("noise_multiplier")
+    noise_levels: str = _auto("noise_levels")
     augment: bool = _same("augment")
     policy_search_epsilon: float = _same("policy_search_epsilon")
     image_size: int = _opt(0, "image size the generator works at (0 = the data's own size)",
@@ -296,6 +325,8 @@ class RunConfig(_Settings):
                                   lo=1, hi=1000)
 
     def __post_init__(self) -> None:
+        if self.noise_levels != AUTO:
+            parse_noise_levels(self.noise_levels)
         if self.central_noise_multiplier > 0 and self.warmup_noise_multiplier > 0:
             raise ConfigError(
                 "Central DP protects a site's whole contribution, but the warm start releases "

@@ -118,6 +118,7 @@ class DPTrainingPlan:
     expected_batch_size: float
     delta: float
     noise_multiplicity: int = 1
+    noise_levels: str = "uniform"
     augment: bool = False
     rounds: int = 1
     budget: float | None = None
@@ -236,8 +237,8 @@ def plan_site_training(run: RunConfig, num_examples: int, *, epsilon: float | No
         noise_multiplier=float(sigma), sample_rate=q, steps=planned,
         max_grad_norm=settings.max_grad_norm, learning_rate=settings.learning_rate,
         expected_batch_size=max(q * num_examples, 1.0), delta=delta,
-        noise_multiplicity=settings.noise_multiplicity, augment=settings.augment,
-        rounds=rounds, budget=None if (noise_multiplier and steps) else budget)
+        noise_multiplicity=settings.noise_multiplicity, noise_levels=settings.noise_levels,
+        augment=settings.augment, rounds=rounds, budget=None if (noise_multiplier and steps) else budget)
 
 
 # --- the site: data, model, augmentation -----------------------------------------------------
@@ -465,8 +466,9 @@ def _train(unet: Any, scheduler: Any, x: torch.Tensor, y: torch.Tensor, plan: DP
                     noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
                     learning_rate=plan.learning_rate,
                     expected_batch_size=plan.expected_batch_size, noise=noise,
-                    noise_multiplicity=plan.noise_multiplicity, augment=augment,
-                    observe=observe, canaries=canaries)
+                    noise_multiplicity=plan.noise_multiplicity,
+                    noise_levels=plan.noise_levels, augment=augment, observe=observe,
+                    canaries=canaries)
 
 
 # --- white-box gradient canaries ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from fedaug.config import UNIFORM_NOISE_LEVELS, parse_noise_levels
 from fedaug.generator.model import diffusion_target, forward_diffuse
 from fedaug.generator.persample import PerExampleGrads, clip_factors
 from fedaug.privacy.noise import NoiseSource
@@ -231,6 +232,7 @@ def train_dp(
     expected_batch_size: float,
     noise: NoiseSource,
     noise_multiplicity: int = 1,
+    noise_levels: str = UNIFORM_NOISE_LEVELS,
     augment: Augment | None = None,
     optimizer_state: dict | None = None,
     progress: Callable[[int, float], None] | None = None,
@@ -256,6 +258,8 @@ def train_dp(
         timesteps and the Gaussian noise.
     noise_multiplicity : int (default: 1)
         K draws averaged inside each example's loss before clipping.
+    noise_levels : str (default: "uniform")
+        How each draw's timestep is drawn (:func:`draw_timesteps`).
     augment : callable, optional
         Draws augmented views (see :data:`Augment`).
     optimizer_state : dict, optional
@@ -284,7 +288,7 @@ def train_dp(
     pad_to = 1 if sample_rate >= 1 else 2 ** int(math.log2(max(1, int(q_n) // 8)))
     alphas = _alphas(scheduler, device)
     prediction = scheduler.config.prediction_type
-    t_max = scheduler.config.num_train_timesteps
+    parse_noise_levels(noise_levels)  # a bad value fails before any draw
     per_example = PerExampleGrads(unet)
     named = [(k, p) for k, p in unet.named_parameters() if p.requires_grad]
     unet.train()
@@ -300,7 +304,7 @@ def train_dp(
                 b, k = xb.shape[0], noise_multiplicity
                 x0 = _draw_views(xb, k, augment, draws)
                 eps = torch.randn(x0.shape, generator=draws, device=device)
-                t = torch.randint(0, t_max, (b, k), generator=draws, device=device)
+                t = draw_timesteps((b, k), alphas, noise_levels, generator=draws)
                 summed, losses, _ = per_example.clipped_sum(
                     x0, yb, eps, t, alphas, max_grad_norm=max_grad_norm,
                     prediction_type=prediction, pad_to=pad_to)
@@ -330,6 +334,28 @@ def train_dp(
     return TrainOutcome(steps=done, loss=loss_sum / max(done, 1),
                         seconds=time.perf_counter() - t0, examples_seen=seen,
                         optimizer_state=optimizer.state_dict())
+
+
+def draw_timesteps(shape: tuple[int, ...], alphas_cumprod: torch.Tensor, noise_levels: str,
+                   *, generator: torch.Generator) -> torch.Tensor:
+    """Training timesteps of ``shape``, drawn with ``generator``.
+
+    ``noise_levels`` ``"uniform"``: uniform over the schedule's timesteps.
+    ``"lognormal:MEAN:STD"``: the noise level ``sigma = sqrt((1 - a) / a)`` (in the units of
+    images in [-1, 1]) with ``log sigma ~ N(MEAN, STD)``, as EDM draws it, mapped to the first
+    timestep whose sigma reaches it (the last one beyond the schedule's end). The loss needs
+    no reweighting: every prediction type's target has about unit scale at every level.
+    """
+    levels = parse_noise_levels(noise_levels)
+    t_max = len(alphas_cumprod)
+    device = alphas_cumprod.device
+    if levels is None:
+        return torch.randint(0, t_max, shape, generator=generator, device=device)
+    mean, std = levels
+    log_sigma = (((1 - alphas_cumprod) / alphas_cumprod).sqrt()).log().contiguous()
+    drawn = mean + std * torch.randn(shape, generator=generator, device=device)
+    t = torch.searchsorted(log_sigma, drawn.flatten().contiguous()).reshape(shape)
+    return t.clamp(0, t_max - 1)
 
 
 def _add_canaries(summed: dict[str, torch.Tensor], named: list, canaries: GradientCanaries, *,

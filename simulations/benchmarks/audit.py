@@ -89,6 +89,7 @@ def site_plan(scenario: Path, epsilon: float, workdir: Path, *, data: str | None
                           learning_rate=settings.learning_rate,
                           expected_batch_size=rp.expected_batch_size, delta=run.delta,
                           noise_multiplicity=settings.noise_multiplicity,
+                          noise_levels=settings.noise_levels,
                           augment=settings.augment, rounds=run.num_server_rounds,
                           budget=epsilon)
     spent_before = ledger.epsilon()

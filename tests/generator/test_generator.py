@@ -10,6 +10,7 @@ from opacus.optimizers import DPOptimizer
 from PIL import Image
 
 from fedaug.config import PREDICTION_TYPES
+from fedaug.errors import ConfigError
 from fedaug.generator import (
     GeneratorConfig,
     build_train_scheduler,
@@ -222,6 +223,35 @@ def test_train_dp_changes_weights_and_counts_steps():
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
     assert all(getattr(p, "grad_sample", None) is None for p in unet.parameters())
     assert not any(m._forward_hooks for m in unet.modules())  # the hooks are removed
+
+
+def test_lognormal_noise_levels_draw_sigma_from_their_distribution():
+    from fedaug.generator.train import draw_timesteps
+
+    _, sched = _model()
+    a = sched.alphas_cumprod
+    sigma = ((1 - a) / a).sqrt()
+    gen = torch.Generator().manual_seed(0)
+    t = draw_timesteps((20000,), a, "lognormal:0.5:1.4", generator=gen)
+    log_s = sigma[t].log()
+    # the first timestep at or above the drawn sigma: log sigma ~ N(0.5, 1.4^2) up to the
+    # schedule's step (the share below mean - std is Phi(-1) = 0.159)
+    assert float(log_s.median()) == pytest.approx(0.5, abs=0.05)
+    assert float((log_s < 0.5 - 1.4).float().mean()) == pytest.approx(0.159, abs=0.01)
+    assert t.min() >= 0 and t.max() <= len(a) - 1
+    u = draw_timesteps((20000,), a, "uniform", generator=gen)
+    assert float(u.float().mean()) == pytest.approx((len(a) - 1) / 2, rel=0.03)
+    # train_dp takes the setting, and refuses a malformed one before any draw
+    unet, _ = _model()
+    images, labels = torch.rand(8, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (8,))
+    with pytest.raises(ConfigError, match="noise-levels"):
+        train_dp(unet, sched, images, labels, steps=1, sample_rate=1.0, noise_multiplier=1.0,
+                 max_grad_norm=1.0, learning_rate=1e-3, expected_batch_size=8.0,
+                 noise=NoiseSource(), noise_levels="lognormal")
+    out = train_dp(unet, sched, images, labels, steps=1, sample_rate=1.0, noise_multiplier=1.0,
+                   max_grad_norm=1.0, learning_rate=1e-3, expected_batch_size=8.0,
+                   noise=NoiseSource(), noise_levels="lognormal:0.5:1.4")
+    assert out.steps == 1 and np.isfinite(out.loss)
 
 
 def test_train_nondp_in_chunks_takes_the_same_step_as_one_batch():

@@ -54,7 +54,7 @@ def test_explicit_keys_are_never_changed():
         FILMS)
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
         ("sample", 64, 3, 0)
-    assert set(chosen) == {"local-epochs", "local-steps", "warmup-steps"}
+    assert set(chosen) == {"local-epochs", "local-steps", "noise-levels", "warmup-steps"}
     assert all(chosen[k]["rule"] for k in chosen)
 
 
@@ -94,3 +94,12 @@ def test_every_rule_is_in_the_docs_table():
         assert f"`{rule.key}`" in table.group(1), rule.key
     assert {r.key for r in RULES} == {k for k, v in RunConfig().to_mapping().items()
                                       if v == AUTO}
+
+
+def test_films_train_on_higher_noise_levels_and_digits_on_uniform_timesteps():
+    assert _resolved(DIGITS).noise_levels == "uniform"
+    assert _resolved(FILMS).noise_levels == "lognormal:0.5:1.4"
+    assert _resolved(FILMS, **{"noise-levels": "uniform"}).noise_levels == "uniform"
+    for bad in ("normal", "lognormal:0.5", "lognormal:x:1", "lognormal:0:0", "lognormal:0:-1"):
+        with pytest.raises(ConfigError, match="noise-levels must be 'uniform' or"):
+            RunConfig.from_mapping({"noise-levels": bad}, source="test")

@@ -39,7 +39,8 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     assert card["image-shape"] == [8, 8, 1]
     # the automatic recipe filled the keys TINY leaves open, and the card says which
     assert card["prediction-type"] == "edm"
-    assert set(card["recipe-auto"]) == {"prediction-type", "local-epochs", "warmup-size"}
+    assert set(card["recipe-auto"]) == {"prediction-type", "local-epochs", "noise-levels",
+                                        "warmup-size"}
     # (TINY gives warmup-steps, batch-size and local-steps; the test gives the rounds)
     assert card["train-settings"]["local-epochs"] == 0.0  # local-steps was given
     assert card["train-settings"]["local-steps"] == 2
@@ -47,6 +48,10 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     # the global policy beside the model, ready for `fedaug augment --policy`
     assert Policy.from_json((out / "global" / "policy.json").read_text()) == \
         Policy.from_dict(card["policy"])
+    # the class mix from the warm-up's noised class counts: what synthetic labels follow
+    prior = card["class-prior"]["proportions"]
+    assert len(prior) == 10 and min(prior) > 0 and sum(prior) == pytest.approx(1.0)
+    assert "noised class counts" in card["class-prior"]["from"]
     assert [s["site"] for s in card["sites"]] == ["site-0", "site-1"]
     for site in card["sites"]:
         assert 0 < site["epsilon"] <= run.epsilon
@@ -273,7 +278,8 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
 
     with pytest.raises(RuntimeError, match="server killed"):
         simulate(run, num_sites=2, progress=False, audit=False, grid_hook=die_in_round_3)
-    assert json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())["rounds"] == 2
+    before_kill = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
+    assert before_kill["rounds"] == 2
     # Execute: a plain re-run into the folder is refused before anything is spent; a run
     # with resume continues it
     with pytest.raises(ConfigError, match="already holds a run.*--resume"):
@@ -286,6 +292,8 @@ def test_server_restart_resumes_from_the_last_completed_round(tmp_path):
     assert [r.server_round for r in strategy.rounds] == [3]
     card = json.loads((tmp_path / "out" / "global" / "model_card.json").read_text())
     assert card["rounds"] == 3
+    # the warm start is not repeated: its class prior comes back from the server's state
+    assert card["class-prior"] == before_kill["class-prior"] is not None
     ledger = PrivacyLedger(tmp_path / "out" / "sites" / "site-0", site="site-0", delta=run.delta)
     assert [e.round for e in ledger.entries if e.mechanism == "dp-sgd"] == [1, 2, 3]
     assert [e.release for e in ledger.entries].count("count") == 1  # the same run went on
