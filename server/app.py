@@ -80,9 +80,9 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
                            keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
                            keys.WARMUP_SIZE: size})
-    means, counts, answers = collect_central_images(grid, config, num_classes=gen_config.num_classes,
-                                            image_shape=(gen_config.channels, size, size),
-                                            timeout=run.round_timeout_s)
+    means, counts, answers = collect_central_images(
+        grid, config, num_classes=gen_config.num_classes,
+        image_shape=(gen_config.channels, size, size), timeout=run.round_timeout_s)
     for a in answers:  # every site that spent on this model goes in the model card
         strategy.record_warm_start(a.node, site=a.site, epsilon=a.epsilon, delta=a.delta,
                                    budget=a.budget, released=a.released)

@@ -343,8 +343,8 @@ def draw_timesteps(shape: tuple[int, ...], alphas_cumprod: torch.Tensor, noise_l
     ``noise_levels`` ``"uniform"``: uniform over the schedule's timesteps.
     ``"lognormal:MEAN:STD"``: the noise level ``sigma = sqrt((1 - a) / a)`` (in the units of
     images in [-1, 1]) with ``log sigma ~ N(MEAN, STD)``, as EDM draws it, mapped to the first
-    timestep whose sigma reaches it (the last one beyond the schedule's end). The loss needs
-    no reweighting: every prediction type's target has about unit scale at every level.
+    timestep whose sigma reaches it (the last one beyond the schedule's end). The loss is not
+    reweighted: a level drawn more often simply gets more of the gradient.
     """
     levels = parse_noise_levels(noise_levels)
     t_max = len(alphas_cumprod)
