@@ -30,6 +30,8 @@ PREDICTION_TYPES = ("sample", "epsilon", "v_prediction", "edm")
 #: The value of a recipe key left to the rules of ``fedaug.generator.recipe`` (the server
 #: resolves it from what it knows of the data and the budget; docs/dp-recipe.md).
 AUTO = "auto"
+#: How synthetic samples spread over the classes: the model card's class prior, or evenly.
+LABEL_MODES = ("prior", "balanced")
 #: ``noise-levels`` value for timesteps drawn uniformly over the noise schedule.
 UNIFORM_NOISE_LEVELS = "uniform"
 

@@ -14,6 +14,7 @@ from fedaug.config import (
     DEFAULT_DECISION_MARGIN,
     DEFAULT_DECISION_METRIC,
     DEFAULT_SAMPLE_STEPS,
+    LABEL_MODES,
 )
 from fedaug.errors import DataError
 
@@ -40,7 +41,7 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
                     help="real data with train and test splits: 'digits', a MedMNIST .npz, or a "
                     "folder with train/ and test/ (required unless --site-data)")
     ev.add_argument("--num-samples", type=int, default=1000, help="synthetic samples (1000)")
-    ev.add_argument("--labels", choices=("prior", "balanced"), default="prior",
+    ev.add_argument("--labels", choices=LABEL_MODES, default="prior",
                     help="the report's synthetic classes: prior (default) in the federation's "
                     "proportions from the model card (even when it has none), balanced the "
                     "same number of each; a site's decision always draws them balanced")

@@ -17,14 +17,12 @@ from fedaug.atomic import atomic_write_bytes, atomic_write_json
 from fedaug.augment import Policy, apply_policy
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.data import ImageDataset
-from fedaug.errors import ConfigError
 from fedaug.evaluate.classifier import Classifier, classification_report, train_classifier
 from fedaug.evaluate.fidelity import fidelity_report
 from fedaug.evaluate.privacy_audit import loss_threshold_attack, memorization_report
 from fedaug.generator import load_generator, make_grid, sample_images, to_uint8
-from fedaug.generator.generate import LABEL_MODES, synthetic_labels
+from fedaug.generator.generate import model_labels, synthetic_labels
 from fedaug.generator.model import diffusion_target
-from fedaug.generator.pipeline import read_class_prior
 
 __all__ = ["STAGES", "diffusion_loss_fn", "privacy_audit", "evaluate_generator",
            "small_site_subset"]
@@ -235,14 +233,11 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
     ``fedaug generate`` draws them; ``"balanced"`` (and a model without a prior) spreads
     them evenly over the classes.
     """
-    if labels not in LABEL_MODES:
-        raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}.", value=labels)
     t0 = time.perf_counter()
     _, _, config = load_generator(model_dir)
     k = config.num_classes
-    prior = read_class_prior(model_dir, k) if labels == "prior" else None
-    syn_x, syn_y = _sample(model_dir, synthetic_labels(num_samples, k, prior), steps=steps,
-                           seed=seed, progress=progress)
+    drawn, from_prior = model_labels(model_dir, num_samples, k, labels)
+    syn_x, syn_y = _sample(model_dir, drawn, steps=steps, seed=seed, progress=progress)
     kw = {"num_classes": k, "seed": seed, "epochs": epochs}
     with _bar("TSTR classifier", 2 * epochs, progress, "epoch") as bar:
         syn_clf = train_classifier(syn_x, syn_y, progress=bar.update, **kw)
@@ -254,7 +249,7 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
         "model": str(model_dir),
         "num-synthetic": int(len(syn_x)),
         "settings": {"num-samples": num_samples, "steps": steps, "seed": seed,
-                     "synthetic-labels": ("the model's class prior" if prior is not None
+                     "synthetic-labels": ("the model's class prior" if from_prior
                                           else "balanced"),
                      "epochs": epochs, "small-site-seeds": small_site_seeds,
                      "small-site-epochs": small_site_epochs},

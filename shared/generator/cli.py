@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.config import DEFAULT_SAMPLE_STEPS, LABEL_MODES
 
 __all__ = ["register"]
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", required=True, help="global model folder, e.g. fedaug-out/global")
     g.add_argument("--num-samples", type=int, required=True,
                    help="samples in total (spread over the classes by --labels unless --label)")
-    g.add_argument("--labels", choices=("prior", "balanced"), default="prior",
+    g.add_argument("--labels", choices=LABEL_MODES, default="prior",
                    help="prior (default): the classes in the federation's proportions, from "
                    "the sites' noised class counts in the model card (even when the card has "
                    "none); balanced: the same number of every class")

@@ -13,16 +13,14 @@ import numpy as np
 from PIL import Image
 
 from fedaug.atomic import atomic_write_bytes
-from fedaug.config import DEFAULT_SAMPLE_STEPS
+from fedaug.config import DEFAULT_SAMPLE_STEPS, LABEL_MODES
 from fedaug.errors import ConfigError
 from fedaug.generator.model import load_generator
 from fedaug.generator.pipeline import read_class_names, read_class_prior
 from fedaug.generator.sample import make_grid, sample_images, to_uint8
 
-__all__ = ["generate", "generate_to_folder", "synthetic_labels", "GRID_PER_CLASS", "LABEL_MODES"]
-
-#: How ``generate`` spreads its samples over the classes (see :func:`synthetic_labels`).
-LABEL_MODES = ("prior", "balanced")
+__all__ = ["generate", "generate_to_folder", "model_labels", "synthetic_labels",
+           "GRID_PER_CLASS", "LABEL_MODES"]
 
 #: Most images of one class in a row of ``grid.png`` (a preview; every sample is a PNG).
 GRID_PER_CLASS = 16
@@ -50,6 +48,18 @@ def synthetic_labels(num_samples: int, num_classes: int,
     return np.repeat(np.arange(num_classes), counts)
 
 
+def model_labels(model_dir: str | Path, num_samples: int, num_classes: int, mode: str
+                 ) -> tuple[np.ndarray, bool]:
+    """:func:`synthetic_labels` for a model folder: in its card's class prior with ``mode``
+    ``"prior"`` (evenly when the card has none), evenly with ``"balanced"``; also whether
+    the prior was used."""
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}.", value=mode,
+                          fix="Use --labels prior (the federation's class mix) or balanced.")
+    prior = read_class_prior(model_dir, num_classes) if mode == "prior" else None
+    return synthetic_labels(num_samples, num_classes, prior), prior is not None
+
+
 def generate(model_dir: str | Path, *, num_samples: int, label: int | None = None,
              seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS, labels: str = "prior",
              progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -69,12 +79,8 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
     if label is not None and not 0 <= label < config.num_classes:
         raise ConfigError(f"--label must be a class index in [0, {config.num_classes - 1}] "
                           f"({', '.join(names)}).", value=label)
-    if labels not in LABEL_MODES:
-        raise ConfigError(f"labels must be one of {', '.join(LABEL_MODES)}.", value=labels,
-                          fix="Use --labels prior (the federation's class mix) or balanced.")
     if label is None:
-        prior = read_class_prior(model_dir, config.num_classes) if labels == "prior" else None
-        drawn = synthetic_labels(num_samples, config.num_classes, prior)
+        drawn, _ = model_labels(model_dir, num_samples, config.num_classes, labels)
     else:
         drawn = np.full(num_samples, label)
     if progress is None:
