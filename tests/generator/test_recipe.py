@@ -99,6 +99,9 @@ def test_every_rule_is_in_the_docs_table():
 def test_films_train_on_higher_noise_levels_and_digits_on_uniform_timesteps():
     assert _resolved(DIGITS).noise_levels == "uniform"
     assert _resolved(FILMS).noise_levels == "lognormal:0.5:1.4"
+    # at epsilon 1 uniform timesteps won on the validation split
+    films_eps1 = RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=1.0)
+    assert _resolved(films_eps1).noise_levels == "uniform"
     assert _resolved(FILMS, **{"noise-levels": "uniform"}).noise_levels == "uniform"
     for bad in ("normal", "lognormal:0.5", "lognormal:x:1", "lognormal:0:0", "lognormal:0:-1"):
         with pytest.raises(ConfigError, match="noise-levels must be 'uniform' or"):
