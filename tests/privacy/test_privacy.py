@@ -279,3 +279,32 @@ def test_warmup_release_refuses_a_bad_size_before_spending(tmp_path):
                                  image_size=8, channels=1, run_id="r", release_size=4)
     assert release["class-sums"].shape == (10, 16)
     assert len(PrivacyLedger(tmp_path, site="s", delta=1e-5).entries) == 1
+
+
+def test_warmup_release_is_a_gaussian_mechanism_of_the_stated_multiplier():
+    """From the adversary's side: one example (every pixel at the bound 1) moves the
+    released sums by sqrt(D) and the released count by 1; measured in the noise the release
+    really has, that shift is 1 / sigma (a Gaussian mechanism with multiplier sigma), and
+    the count's noise is far below the unweighted count's sigma * sqrt(D + 1)."""
+    import math
+
+    import torch
+
+    from fedaug.client.warmup import count_weight, noise_class_sums
+    from fedaug.privacy.noise import NoiseSource
+
+    sigma, d, rows = 2.0, 784, 4000
+    sums, counts, stated = noise_class_sums(torch.zeros(rows, d, dtype=torch.float64),
+                                            torch.zeros(rows, dtype=torch.float64),
+                                            noise_multiplier=sigma,
+                                            noise=NoiseSource.for_tests(3))
+    sum_std, count_std = float(sums.std()), float(counts.std())
+    w = count_weight(d)
+    assert sum_std == pytest.approx(stated, rel=0.01)  # the std the server denoises with
+    assert sum_std == pytest.approx(sigma * math.sqrt(d + w * w), rel=0.01)
+    assert count_std == pytest.approx(sigma * math.sqrt(d + w * w) / w, rel=0.05)
+    assert abs(float(counts.mean())) < 4 * count_std / math.sqrt(rows)
+    # the worst neighbour's shift (sqrt(D) on the sums, 1 on the count) in noise units
+    shift = math.sqrt(d / sum_std**2 + 1 / count_std**2)
+    assert shift == pytest.approx(1 / sigma, rel=0.005)
+    assert count_std < sigma * math.sqrt(d + 1) / 4

@@ -106,3 +106,69 @@ def test_class_prior_floors_noised_counts_and_normalises():
     # a noised count can be tiny or negative: it counts as min_count, never below zero
     assert class_prior(np.array([-30.0, 2.0, 90.0])) == pytest.approx([0.05, 0.05, 0.9])
     assert class_prior(np.array([300.0, 700.0])) == pytest.approx([0.3, 0.7])
+
+
+def test_central_images_are_denoised_by_their_stated_noise_and_a_bad_release_is_ignored(
+        monkeypatch):
+    """The server sums the sites' releases, blurs a noisy central image by the width Stein's
+    risk estimate picks for its noise, leaves one whose noise is below the pretraining's
+    jitter as released, and drops a release that does not state its noise."""
+    from types import SimpleNamespace
+
+    from fedaug.server.warmup import collect_central_images
+
+    side, k, per_class = 16, 2, np.array([400.0, 25.0])  # class 1: few records, much noise
+    yy, xx = np.mgrid[0:side, 0:side]
+    blob = np.tanh(((xx - 8) ** 2 + (yy - 7) ** 2) / 30.0 - 1)  # a smooth image in [-1, 1]
+    true = np.stack([blob, -blob]).reshape(k, -1)
+    std, rng = 40.0, np.random.default_rng(0)
+
+    def release(node, *, noise=True):
+        arrays = {"class-sums": true * per_class[:, None] / 2
+                  + rng.normal(0, std, (k, side * side)),
+                  "class-counts": per_class / 2 + rng.normal(0, 2.0, k)}
+        if noise:
+            arrays["noise-std"] = np.array([std])
+        content = RecordDict({keys.ARRAYS: ArrayRecord(
+            {n: Array(np.asarray(v, dtype=np.float32)) for n, v in arrays.items()})})
+        return SimpleNamespace(has_error=lambda: False, content=content,
+                               metadata=SimpleNamespace(src_node_id=node))
+
+    replies = [release(1), release(2), release(3, noise=False)]
+    # outside a Flower run a Message cannot be built: the requests are not looked at here
+    monkeypatch.setattr("fedaug.server.warmup.Message", lambda **kw: SimpleNamespace(**kw))
+    grid = SimpleNamespace(get_node_ids=lambda: [1, 2, 3],
+                           send_and_receive=lambda msgs, timeout: replies)
+    means, counts, _ = collect_central_images(grid, ConfigRecord({}), num_classes=k,
+                                              image_shape=(1, side, side), timeout=1.0)
+    # the third site's sums are not in: the counts are two sites' worth
+    assert counts == pytest.approx(per_class, abs=10)
+    raw = (sum(r.content[keys.ARRAYS]["class-sums"].numpy() for r in replies[:2])
+           / counts[:, None]).reshape(k, 1, side, side)
+    err_raw = np.sqrt(((raw - true.reshape(raw.shape)) ** 2).mean(axis=(1, 2, 3)))
+    err = np.sqrt(((means - true.reshape(raw.shape)) ** 2).mean(axis=(1, 2, 3)))
+    assert err_raw[1] > 0.3 and err[1] < err_raw[1] / 3  # the noisy class: much closer
+    # the quiet class (noise 0.14, below the pretraining's own jitter) is left as released
+    np.testing.assert_allclose(means[0], np.clip(raw[0], -1, 1), atol=1e-6)
+
+
+def test_stein_risk_picks_a_wider_blur_for_more_noise():
+    from fedaug.server.warmup import denoise_central_images
+
+    yy, xx = np.mgrid[0:28, 0:28]
+    image = np.tanh(((xx - 14) ** 2 + (yy - 12) ** 2) / 80.0 - 1)[None, None]
+    rng = np.random.default_rng(1)
+    widths = []
+    for sd in (0.01, 0.1, 0.3, 0.8):
+        noisy = image + rng.normal(0, sd, image.shape)
+        out, (width,) = denoise_central_images(noisy, np.array([sd]))
+        widths.append(width)
+        assert ((out - image) ** 2).mean() < ((noisy - image) ** 2).mean()
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    # noise at or below keep_below stays in
+    noisy = image + rng.normal(0, 0.3, image.shape)
+    out, (width,) = denoise_central_images(noisy, np.array([0.3]), keep_below=0.3)
+    assert width == 0.0 and np.array_equal(out, noisy)
+    # no noise stated: nothing to remove, the image stays as it is
+    out, (width,) = denoise_central_images(image, np.array([0.0]))
+    assert width == 0.0 and np.array_equal(out, image)

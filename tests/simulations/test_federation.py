@@ -87,9 +87,15 @@ def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
     assert len(warmups) == 2
     for msg in warmups:
         arrays = msg.content["arrays"]
-        assert set(arrays.keys()) == {"class-sums", "class-counts"}
+        assert set(arrays.keys()) == {"class-sums", "class-counts", "noise-std"}
         assert tuple(arrays["class-sums"].shape) == (10, 64)  # one noised sum per class
         assert tuple(arrays["class-counts"].shape) == (10,)
+        # the mechanism's public parameter: sigma * sqrt(D + w^2), w = D ** 0.25, with the
+        # sigma the site recorded for its warm-start release
+        site = msg.content["config"]["site"]
+        ledger = PrivacyLedger(tmp_path / "out" / "sites" / site, site=site, delta=run.delta)
+        (sigma,) = [e.noise_multiplier for e in ledger.entries if e.release == "warm-start"]
+        assert arrays["noise-std"].numpy() == pytest.approx([sigma * (64 + 8) ** 0.5], rel=1e-5)
         assert set(msg.content["config"].keys()) == {"site", "status"}
     unet_names = set(UNet2DModel.from_pretrained(tmp_path / "out" / "global",
                                                  subfolder="unet").state_dict())
