@@ -71,7 +71,9 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
         try:
             s, n = arrays["class-sums"].numpy(), arrays["class-counts"].numpy()
             std = arrays["noise-std"].numpy().astype(np.float64)
-        except KeyError:
+        except KeyError as err:  # e.g. a client older than the server: no noise-std
+            log.warning("warm-up: ignoring node %d's release: it lacks %s",
+                        r.metadata.src_node_id, err)
             continue
         if s.shape != sums.shape or n.shape != counts.shape or std.shape != (1,) or not (
                 np.all(np.isfinite(s)) and np.all(np.isfinite(n)) and np.isfinite(std[0])
@@ -88,11 +90,11 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
         return None, None, answers
     floor = np.maximum(counts, min_count)
     means = (sums / floor[:, None]).reshape(num_classes, c, h, w)
-    means, widths = denoise_central_images(means, np.sqrt(noise_var) / floor,
-                                           keep_below=PRETRAIN_JITTER)
+    noise_sd = np.sqrt(noise_var) / floor  # per pixel of each class's central image
+    means, widths = denoise_central_images(means, noise_sd, keep_below=PRETRAIN_JITTER)
     log.info("warm start: central images blurred by %s px (Stein's risk estimate; noise %s "
              "per pixel)", ", ".join(f"{b:g}" for b in widths),
-             ", ".join(f"{v:.3f}" for v in np.sqrt(noise_var) / floor))
+             ", ".join(f"{v:.3f}" for v in noise_sd))
     return np.clip(means, -1, 1).astype(np.float32), counts, answers
 
 

@@ -109,7 +109,7 @@ def test_class_prior_floors_noised_counts_and_normalises():
 
 
 def test_central_images_are_denoised_by_their_stated_noise_and_a_bad_release_is_ignored(
-        monkeypatch):
+        monkeypatch, caplog):
     """The server sums the sites' releases, blurs a noisy central image by the width Stein's
     risk estimate picks for its noise, leaves one whose noise is below the pretraining's
     jitter as released, and drops a release that does not state its noise."""
@@ -139,8 +139,10 @@ def test_central_images_are_denoised_by_their_stated_noise_and_a_bad_release_is_
     monkeypatch.setattr("fedaug.server.warmup.Message", lambda **kw: SimpleNamespace(**kw))
     grid = SimpleNamespace(get_node_ids=lambda: [1, 2, 3],
                            send_and_receive=lambda msgs, timeout: replies)
-    means, counts, _ = collect_central_images(grid, ConfigRecord({}), num_classes=k,
-                                              image_shape=(1, side, side), timeout=1.0)
+    with caplog.at_level("WARNING", logger="fedaug.server"):
+        means, counts, _ = collect_central_images(grid, ConfigRecord({}), num_classes=k,
+                                                  image_shape=(1, side, side), timeout=1.0)
+    assert "ignoring node 3's release: it lacks 'noise-std'" in caplog.text
     # the third site's sums are not in: the counts are two sites' worth
     assert counts == pytest.approx(per_class, abs=10)
     raw = (sum(r.content[keys.ARRAYS]["class-sums"].numpy() for r in replies[:2])
