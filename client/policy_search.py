@@ -15,9 +15,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from fedaug.augment import BatchAugmenter, Policy
+from fedaug.augment import Policy, numpy_augmenter
 from fedaug.augment.candidates import candidate_policies
 from fedaug.augment.schema import check_seed
 from fedaug.errors import ConfigError, DataError, PolicyError
@@ -105,7 +104,7 @@ def score_candidates(
     for i, cand in enumerate(candidates):
         clf = train_classifier(
             x_train, y_train, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
-            lr=lr, seed=int(train_seed), augment=_augmenter(cand, int(aug_seed)),
+            lr=lr, seed=int(train_seed), augment=numpy_augmenter(cand, int(aug_seed)),
         )
         scores[i] = classification_report(clf, x_val, y_val)["accuracy"]
     return scores
@@ -127,20 +126,6 @@ def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tup
             fix="Skip the policy search at this site, or raise val_fraction.",
         )
     return np.sort(np.concatenate(train)), val_idx
-
-
-def _augmenter(policy: Policy, seed: int):
-    """A uint8 (n, H, W, C) -> uint8 batch callable with its own seeded stream, or None."""
-    if not policy.ops:
-        return None
-    aug = BatchAugmenter(policy)
-    gen = torch.Generator().manual_seed(seed)
-
-    def augment(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-        return aug(x, generator=gen).permute(0, 2, 3, 1).contiguous().numpy()
-
-    return augment
 
 
 def search_site_policy(

@@ -10,7 +10,7 @@ reference path and text augmentation), ``batched`` (the batch engine) with its
 
 from . import opencv_backend
 from .apply import apply_op, apply_policy, apply_text_policy
-from .batched import BatchAugmenter
+from .batched import BatchAugmenter, numpy_augmenter
 from .merge import aggregate_policies, merge_policies
 from .ops import (
     OPS,
@@ -72,6 +72,7 @@ __all__ = [
     "draw_params",
     "format_shift_report",
     "merge_policies",
+    "numpy_augmenter",
     "op_from_dict",
     "opencv_backend",
 ]

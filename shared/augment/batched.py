@@ -28,8 +28,10 @@ malloc settings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedaug.errors import ConfigError, DataError, PolicyError
@@ -38,7 +40,7 @@ from . import opencv_backend, torch_backend
 from .params import BatchParams, draw_params
 from .policy import Policy
 
-__all__ = ["BACKENDS", "OPENCV_MIN_PIXELS", "BatchAugmenter"]
+__all__ = ["BACKENDS", "OPENCV_MIN_PIXELS", "BatchAugmenter", "numpy_augmenter"]
 
 #: Accepted values of ``BatchAugmenter(backend=...)``.
 BACKENDS = ("auto", "torch", "opencv")
@@ -138,6 +140,28 @@ class BatchAugmenter:
         if self.backend_for(x) == "opencv":
             return opencv_backend.apply_params(x, params)
         return torch_backend.apply_params(x, params)
+
+
+def numpy_augmenter(policy: Policy, seed: int
+                    ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A ``uint8`` ``(N, H, W, C)`` -> same callable that runs ``policy`` through the batch
+    engine, drawing from its own ``torch.Generator`` seeded with ``seed`` (so one callable
+    replays the same sequence of batches); None for a policy without ops.
+
+    What a classifier's training loop takes as ``augment`` (e.g.
+    :func:`fedaug.evaluate.classifier.train_classifier`): one batched call per batch instead
+    of the per-image reference path, several times faster at the same parameter draws.
+    """
+    if not policy.ops:
+        return None
+    aug = BatchAugmenter(policy)
+    gen = torch.Generator().manual_seed(seed)
+
+    def augment(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        return aug(x, generator=gen).permute(0, 2, 3, 1).contiguous().numpy()
+
+    return augment
 
 
 def _describe(x: Any) -> str:

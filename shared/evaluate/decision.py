@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from fedaug.augment import Policy, apply_policy
+from fedaug.augment import Policy, numpy_augmenter
 from fedaug.config import (
     DECISION_METRICS,
     DEFAULT_DECISION_FOLDS,
@@ -116,11 +116,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, *, seed: int = 0
         local.append(idx[n_val:])
     return (np.sort(np.concatenate(local)).astype(np.int64),
             np.sort(np.concatenate(val)).astype(np.int64))
-
-
-def _augmenter(policy: Policy, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    counter = iter(range(10**9))
-    return lambda batch: apply_policy(policy, batch, seed=seed * 7919 + next(counter))
 
 
 def _balancing_weights(labels: np.ndarray) -> np.ndarray:
@@ -334,7 +329,7 @@ def _score_options(local: ImageDataset, validation: ImageDataset, syn_x: np.ndar
     test_correct: dict[str, list] = {o: [] for o in OPTIONS}
     for s in seeds:
         site = {"num_classes": k, "seed": s, "epochs": site_epochs, "batch_size": SITE_BATCH,
-                "class_weight": "balanced", "augment": _augmenter(policy, s)}
+                "class_weight": "balanced", "augment": numpy_augmenter(policy, s)}
         pre = train_classifier(syn_x, syn_y, num_classes=k, seed=s, epochs=epochs,
                                batch_size=PRETRAIN_BATCH)
         clfs = {
@@ -344,7 +339,7 @@ def _score_options(local: ImageDataset, validation: ImageDataset, syn_x: np.ndar
             "synthetic-mix": train_classifier(
                 mix_x, mix_y, num_classes=k, seed=s, epochs=mix_epochs,
                 batch_size=PRETRAIN_BATCH, class_weight="balanced",
-                augment=_augmenter(policy, s)),
+                augment=numpy_augmenter(policy, s)),
         }
         for name, clf in clfs.items():
             correct[name].append(clf.predict(validation.images) == validation.labels)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fedaug.atomic import atomic_write_bytes, atomic_write_json
-from fedaug.augment import Policy, apply_policy
+from fedaug.augment import Policy, numpy_augmenter
 from fedaug.config import DEFAULT_SAMPLE_STEPS
 from fedaug.data import ImageDataset
 from fedaug.evaluate.classifier import Classifier, classification_report, train_classifier
@@ -173,10 +173,10 @@ def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndar
         clfs = {
             "local": train_classifier(small_site.images, small_site.labels, **kw),
             "local+augment": train_classifier(small_site.images, small_site.labels,
-                                              augment=_augmenter(policy, s), **kw),
+                                              augment=numpy_augmenter(policy, s), **kw),
             "local+augment+synthetic": train_classifier(
-                small_site.images, small_site.labels, augment=_augmenter(policy, s), init=pre,
-                lr=FINETUNE_LR, **kw),
+                small_site.images, small_site.labels, augment=numpy_augmenter(policy, s),
+                init=pre, lr=FINETUNE_LR, **kw),
         }
         for name, clf in clfs.items():
             runs[name].append(classification_report(clf, test.images, test.labels))
@@ -192,12 +192,6 @@ def small_site_gain(small_site: ImageDataset, test: ImageDataset, syn_x: np.ndar
         "gain-synthetic-over-augment": (accs["local+augment+synthetic"]["accuracy"]
                                         - accs["local+augment"]["accuracy"]),
     }
-
-
-def _augmenter(policy: Policy, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A seeded batch augmenter for :func:`train_classifier` (a new seed per batch)."""
-    counter = iter(range(10**9))
-    return lambda batch: apply_policy(policy, batch, seed=seed * 7919 + next(counter))
 
 
 def _mean_report(reports: list[dict]) -> dict[str, Any]:
@@ -241,7 +235,7 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
     kw = {"num_classes": k, "seed": seed, "epochs": epochs}
     with _bar("TSTR classifier", 2 * epochs, progress, "epoch") as bar:
         syn_clf = train_classifier(syn_x, syn_y, progress=bar.update, **kw)
-        syn_aug_clf = train_classifier(syn_x, syn_y, augment=_augmenter(
+        syn_aug_clf = train_classifier(syn_x, syn_y, augment=numpy_augmenter(
             policy or Policy.default("image"), seed), progress=bar.update, **kw)
     with _bar("TRTR classifier", epochs, progress, "epoch") as bar:
         real_clf = train_classifier(train.images, train.labels, progress=bar.update, **kw)

@@ -28,6 +28,7 @@ from fedaug.augment import (
     draw_op_params,
     draw_params,
     format_shift_report,
+    numpy_augmenter,
     opencv_backend,
 )
 from fedaug.augment import functional as F
@@ -88,6 +89,26 @@ def test_batched_engine_matches_the_per_image_path(sampling: Sampling | None, bo
     # Assert: at most one grey level apart (float rounding before quantisation)
     assert np.abs(out_gray.astype(int) - ref_gray.astype(int)).max() <= 1
     np.testing.assert_allclose(out_rgb, ref_rgb, atol=1e-4)
+
+
+def test_numpy_augmenter_follows_the_reference_and_replays_its_stream() -> None:
+    # Prepare: a uint8 (N, H, W, C) batch, as a classifier's training loop hands it over
+    policy = Policy(ops=ALL_IMAGE_OPS)
+    batch = _images(1, "uint8", n=16)
+
+    # Execute: two callables with one seed, each over two batches
+    first, again = numpy_augmenter(policy, 5), numpy_augmenter(policy, 5)
+    a1, a2 = first(batch), first(batch)
+    b1, b2 = again(batch), again(batch)
+
+    # Assert: its first batch is the reference path's draw for that seed; the stream moves
+    # on between batches and replays from the seed
+    assert a1.dtype == np.uint8 and a1.shape == batch.shape
+    assert np.abs(a1.astype(int) - apply_policy(policy, batch, seed=5).astype(int)).max() <= 1
+    assert not np.array_equal(a1, a2)
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(a2, b2)
+    assert numpy_augmenter(Policy(ops=()), 5) is None
 
 
 @pytest.mark.parametrize("op", ALL_IMAGE_OPS, ids=lambda op: op.op)
