@@ -19,6 +19,11 @@ The validation protocol (``--split``):
     python simulations/benchmarks/quality.py --data digits --split test --seeds 0,1,2
     python simulations/benchmarks/quality.py --data ../shared/data/medmnist/breastmnist.npz \\
         --sites 3 --epsilon 10 --json
+
+``--colour-map`` runs the three-channel path on a grayscale set: every grey level of both
+splits is mapped through a fixed colour map (:data:`COLOUR_MAP`, viridis), and the
+federation, its warm start, sampler and evaluation all see RGB images. The same command
+without it is the grayscale reference.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from fedaug.scenario import load_scenario  # noqa: E402
 from fedaug.simulations.run import decide_sites, simulate  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
+#: ``--colour-map``'s colours at grey levels 0, 1/4, 1/2, 3/4 and 1 (viridis), linear between.
+COLOUR_MAP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
+                       [253, 231, 37]], dtype=np.float64)
 #: Share of the training split held out as validation data.
 VALIDATION_FRACTION = 0.2
 
@@ -60,12 +68,34 @@ def holdout_source(data: str, seed: int, folder: Path) -> tuple[str, ImageDatase
     return str(path), train.subset(val)
 
 
+def colour_mapped_source(data: str, folder: Path, seed: int) -> str:
+    """Write a three-channel copy of a grayscale source's train and test splits, each grey
+    level mapped through :data:`COLOUR_MAP`, as a MedMNIST-style ``.npz`` named like the
+    source (class names carry over); returns its path."""
+    train = load_image_source(data, split="train", seed=seed)
+    test = load_image_source(data, split="test", seed=seed)
+    if train.images.shape[-1] != 1:
+        raise SystemExit(f"--colour-map needs grayscale images; {data} has "
+                         f"{train.images.shape[-1]} channels.")
+    grey = np.linspace(0, 255, len(COLOUR_MAP))
+    lut = np.stack([np.interp(np.arange(256), grey, COLOUR_MAP[:, c]) for c in range(3)],
+                   axis=1).round().astype(np.uint8)
+    path = folder / f"{Path(data).stem}.npz"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(path, train_images=lut[train.images[..., 0]], train_labels=train.labels[:, None],
+             test_images=lut[test.images[..., 0]], test_labels=test.labels[:, None])
+    return str(path)
+
+
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
             split: str, scenario: Path | None, overrides: dict, num_samples: int,
-            site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC
-            ) -> dict:
+            site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC,
+            colour_map: bool = False) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
              **overrides}
+    name = Path(data).stem
+    if colour_map:
+        data = colour_mapped_source(data, out / "rgb", seed)
     if split == "validation":
         source, evaluation = holdout_source(data, seed, out / "data")
     else:
@@ -110,7 +140,7 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         })
     card = json.loads((model / "model_card.json").read_text())
     return {
-        "data": Path(data).stem,
+        "data": name + (" (colour-mapped RGB)" if colour_map else ""),
         "split": split,
         "epsilon": epsilon,
         "seed": seed,
@@ -178,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=DEFAULT_DECISION_METRIC,
                    help="what the sites' decisions score their options by (the other "
                    "metric's choice is reported beside it)")
+    p.add_argument("--colour-map", action="store_true",
+                   help="map a grayscale set's grey levels to RGB through a fixed colour "
+                   "map (viridis) and run the three-channel path on it")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -194,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                        scenario=args.scenario, overrides=overrides,
                                        num_samples=args.num_samples,
                                        site_decisions=not args.no_site_decisions,
-                                       decision_metric=args.decision_metric))
+                                       decision_metric=args.decision_metric,
+                                       colour_map=args.colour_map))
     budgets = sorted({r["epsilon"] for r in results}, reverse=True)
     summary = {f"{b:g}": summarize([r for r in results if r["epsilon"] == b]) for b in budgets}
     if args.json:
