@@ -90,7 +90,7 @@ def colour_mapped_source(data: str, folder: Path, seed: int) -> str:
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
             split: str, scenario: Path | None, overrides: dict, num_samples: int,
             site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC,
-            colour_map: bool = False) -> dict:
+            colour_map: bool = False, reuse_models: bool = False) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
              **overrides}
     name = Path(data).stem
@@ -104,11 +104,14 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
     mapping = load_scenario(scenario, given) if scenario else given
     mapping.pop("num-sites", None)
     run = RunConfig.from_mapping(mapping, source="quality benchmark")
-    t0 = time.perf_counter()
-    strategy = simulate(run, num_sites=sites, progress=False, audit=False)
-    train_s = time.perf_counter() - t0
-    train = load_image_source(source, split="train", seed=seed)
     model = Path(run.out_dir) / "global"
+    t0 = time.perf_counter()
+    if reuse_models and (model / "model_card.json").is_file():
+        train_s = None  # trained by an earlier run into the same --out
+    else:
+        simulate(run, num_sites=sites, progress=False, audit=False)
+        train_s = time.perf_counter() - t0
+    train = load_image_source(source, split="train", seed=seed)
     report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=seed,
                                 steps=run.sample_steps, out_dir=out / "report",
                                 small_site=None, audit=False)
@@ -144,7 +147,7 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         "split": split,
         "epsilon": epsilon,
         "seed": seed,
-        "epsilon-spent-max": max(s["epsilon"] for s in strategy.site_cards()),
+        "epsilon-spent-max": max(s["epsilon"] for s in card["sites"]),
         "sites": sites,
         "alpha": alpha,
         "recipe": {k: v["value"] for k, v in card.get("recipe-auto", {}).items()},
@@ -211,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--colour-map", action="store_true",
                    help="map a grayscale set's grey levels to RGB through a fixed colour "
                    "map (viridis) and run the three-channel path on it")
+    p.add_argument("--reuse-models", action="store_true",
+                   help="evaluate and decide again on the global models an earlier run "
+                   "left in --out instead of training them (train s is then blank)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
@@ -228,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                                        num_samples=args.num_samples,
                                        site_decisions=not args.no_site_decisions,
                                        decision_metric=args.decision_metric,
-                                       colour_map=args.colour_map))
+                                       colour_map=args.colour_map,
+                                       reuse_models=args.reuse_models))
     budgets = sorted({r["epsilon"] for r in results}, reverse=True)
     summary = {f"{b:g}": summarize([r for r in results if r["epsilon"] == b]) for b in budgets}
     if args.json:
@@ -241,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         worst = r["site-worst-held-out-gain"]
         mean = r["site-mean-held-out-gain"]
         gains = "-" if worst is None else f"{worst:+.3f} / {mean:+.3f}"
+        train_s = "-" if r["train-wall-s"] is None else f"{r['train-wall-s']:.0f}"
         print(f"{r['epsilon']:>5g} {r['seed']:>4} {r['tstr-accuracy']:>9.3f} {auc:>9} "
               f"{r['trtr-accuracy']:>9.3f} {r['majority-class']:>9.3f} {gains:>21} "
-              f"{r['frechet-distance']:>7.3f} {r['train-wall-s']:>8.0f}")
+              f"{r['frechet-distance']:>7.3f} {train_s:>8}")
     for r in results:
         for site in r["per-site"]:
             gains = ", ".join(f"{m} {g:+.3f}" for m, g in site["held-out-gain-by-metric"].items())
