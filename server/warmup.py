@@ -4,7 +4,6 @@ pretraining of the generator on them (post-processing of DP releases: no further
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedaug import keys
+from fedaug.augment.functional import gaussian_kernel1d
 from fedaug.generator import train_nondp
 
 __all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "WarmupReply", "class_prior", "collect_central_images",
@@ -99,13 +99,10 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
 
 
 def _blur_matrix(side: int, width: float) -> np.ndarray:
-    """(side, side) matrix of a 1-D Gaussian blur of ``width`` pixels, edges reflected."""
-    if width == 0:
-        return np.eye(side)
-    radius = max(1, math.ceil(3 * width))
-    offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (offsets / width) ** 2)
-    kernel /= kernel.sum()
+    """(side, side) matrix of the augmentation's 1-D Gaussian blur of ``width`` pixels
+    (:func:`fedaug.augment.functional.gaussian_kernel1d`), edges reflected."""
+    kernel = gaussian_kernel1d(width)
+    radius = len(kernel) // 2
     padded = np.pad(np.eye(side), ((radius, radius), (0, 0)), mode="reflect")
     return sum(k * padded[j:j + side] for j, k in enumerate(kernel))
 
@@ -126,13 +123,14 @@ def denoise_central_images(means: np.ndarray, noise_sd: np.ndarray, *, keep_belo
     noised counts and the mechanism's stated noise).
     """
     k, c, h, w = means.shape
+    blurs = {b: (_blur_matrix(h, b), _blur_matrix(w, b)) for b in BLUR_WIDTHS + (0.0,)}
     out = means.astype(np.float64).copy()
     widths = []
     for i in range(k):
         y, s2 = out[i], float(noise_sd[i]) ** 2
         best = None
         for width in BLUR_WIDTHS if noise_sd[i] > keep_below else (0.0,):
-            mh, mw = _blur_matrix(h, width), _blur_matrix(w, width)
+            mh, mw = blurs[width]
             smoothed = np.einsum("ab,cbd,ed->cae", mh, y, mw)
             risk = (float(((y - smoothed) ** 2).sum()) - y.size * s2
                     + 2 * s2 * c * float(np.trace(mh)) * float(np.trace(mw)))
