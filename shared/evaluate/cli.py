@@ -40,7 +40,9 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--real",
                     help="real data with train and test splits: 'digits', a MedMNIST .npz, or a "
                     "folder with train/ and test/ (required unless --site-data)")
-    ev.add_argument("--num-samples", type=int, default=1000, help="synthetic samples (1000)")
+    ev.add_argument("--num-samples", type=int,
+                    help="synthetic samples (default: 1000 per class for the report, drawn in "
+                    "--labels proportions; 1000 balanced for a site's decision)")
     ev.add_argument("--labels", choices=LABEL_MODES, default="prior",
                     help="the report's synthetic classes: prior (default) in the federation's "
                     "proportions from the model card (even when it has none), balanced the "
@@ -167,8 +169,10 @@ def _cmd_site_decision(args: argparse.Namespace) -> int:
     decision = site_decision(args.model, args.site_data, site_labels=args.site_labels,
                              folds=args.folds, val_fraction=args.val_fraction,
                              seeds=args.seeds, margin=args.margin,
-                             num_samples=args.num_samples, seed=args.seed, steps=args.steps,
-                             metric=args.metric, progress=sys.stderr.isatty(),
+                             seed=args.seed, steps=args.steps, metric=args.metric,
+                             progress=sys.stderr.isatty(),
+                             **({} if args.num_samples is None
+                                else {"num_samples": args.num_samples}),
                              **(quick if args.quick else {}))
     print(format_decision(decision))
     if args.out:

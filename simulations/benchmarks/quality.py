@@ -88,7 +88,7 @@ def colour_mapped_source(data: str, folder: Path, seed: int) -> str:
 
 
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
-            split: str, scenario: Path | None, overrides: dict, num_samples: int,
+            split: str, scenario: Path | None, overrides: dict, num_samples: int | None,
             site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC,
             colour_map: bool = False, reuse_models: bool = False) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where figures are measured (module docstring)")
     p.add_argument("--scenario", type=Path, help="a scenario TOML instead of the automatic "
                    "recipe alone")
-    p.add_argument("--num-samples", type=int, default=2000, help="synthetic samples for TSTR")
+    p.add_argument("--num-samples", type=int,
+                   help="synthetic samples for TSTR (default: 1000 per class)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="run-config override, e.g. --set num-server-rounds=5")
     p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")

@@ -105,3 +105,14 @@ def test_evaluate_shows_a_progress_bar_per_stage_on_a_terminal(tmp_path, capsys,
     assert rc == 0
     for stage in STAGES[1:]:
         assert f"{stage}: 100%" in err
+
+
+def test_evaluate_report_draws_samples_per_class_by_default(tmp_path, monkeypatch):
+    # the default sample count grows with the classes (SAMPLES_PER_CLASS each)
+    import fedaug.evaluate.report as report_module
+
+    _tiny_model(tmp_path / "m")
+    monkeypatch.setattr(report_module, "SAMPLES_PER_CLASS", 3)
+    train, test = load_digits_builtin(split="train"), load_digits_builtin(split="test")
+    report = evaluate_generator(tmp_path / "m", train, test, steps=2, epochs=1, audit=False)
+    assert report["num-synthetic"] == 30 and report["settings"]["num-samples"] == 30
