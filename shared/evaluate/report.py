@@ -24,8 +24,8 @@ from fedaug.generator import load_generator, make_grid, sample_images, to_uint8
 from fedaug.generator.generate import model_labels, synthetic_labels
 from fedaug.generator.model import diffusion_target
 
-__all__ = ["SAMPLES_PER_CLASS", "STAGES", "diffusion_loss_fn", "privacy_audit", "evaluate_generator",
-           "small_site_subset"]
+__all__ = ["SAMPLES_PER_CLASS", "STAGES", "diffusion_loss_fn", "privacy_audit",
+           "evaluate_generator", "small_site_subset"]
 
 #: The stages of :func:`evaluate_generator`, in order; each gets a progress bar when asked.
 STAGES = ("sampling", "TSTR classifier", "TRTR classifier", "small-site seeds", "fidelity",
@@ -228,10 +228,12 @@ def evaluate_generator(model_dir: str | Path, train: ImageDataset, test: ImageDa
     on stderr. The settings are recorded in the report. Writes ``report.json`` and
     ``report.png`` into ``out_dir`` when given.
 
-    ``num_samples`` defaults to :data:`SAMPLES_PER_CLASS` per class. The synthetic labels follow the model card's class prior (the
-    federation's class mix, from the sites' noised counts) with ``labels="prior"``, as
-    ``fedaug generate`` draws them; ``"balanced"`` (and a model without a prior) spreads
-    them evenly over the classes.
+    ``num_samples`` defaults to :data:`SAMPLES_PER_CLASS` per class; the fidelity scores and
+    the small site's pretraining use the same samples, so their values depend on the count.
+    The synthetic labels follow the model card's class prior (the federation's class mix,
+    from the sites' noised counts) with ``labels="prior"``, as ``fedaug generate`` draws
+    them; ``"balanced"`` (and a model without a prior) spreads them evenly over the
+    classes.
     """
     t0 = time.perf_counter()
     _, _, config = load_generator(model_dir)
