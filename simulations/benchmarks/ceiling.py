@@ -9,11 +9,11 @@ the report's CNN). A reference for docs/dp-recipe.md ("What limits the 28x28 gen
 never a site's code path, and the test split is not read.
 
     python simulations/benchmarks/ceiling.py --steps 40,300,1000
-    python simulations/benchmarks/ceiling.py --steps 300 --through-dp --warm-start
+    python simulations/benchmarks/ceiling.py --steps 300 --warm-start
 
-``--through-dp`` runs the steps through the sites' DP-SGD step (:func:`train_dp`: Poisson
-batches, per-example clipping at 0.3, two augmented views per example, the augmentation
-policy) with a noise multiplier of 1e-6 instead of a plain mean gradient. ``--warm-start``
+Every step is the sites' DP-SGD step (:func:`train_dp`: Poisson batches, per-example
+clipping at 0.3, two augmented views per example, the augmentation policy) with a noise
+multiplier of 1e-6, so only the noise and the federation are taken away. ``--warm-start``
 first pretrains as the server does (:func:`pretrain_on_central_images`, 300 steps) on the
 exact class means (no release noise).
 """
@@ -35,13 +35,7 @@ from fedaug.evaluate.classifier import classification_report, train_classifier
 from fedaug.evaluate.report import SAMPLES_PER_CLASS
 from fedaug.generator.model import GeneratorConfig, build_train_scheduler, build_unet
 from fedaug.generator.sample import sample_images, to_uint8
-from fedaug.generator.train import (
-    _adam,
-    _alphas,
-    diffusion_loss,
-    draw_timesteps,
-    train_dp,
-)
+from fedaug.generator.train import train_dp
 from fedaug.privacy.noise import NoiseSource
 from fedaug.server.warmup import pretrain_on_central_images
 
@@ -70,8 +64,6 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--model-channels", default="8,16")
-    p.add_argument("--through-dp", action="store_true",
-                   help="clip, two views, augmentation policy; noise multiplier 1e-6")
     p.add_argument("--warm-start", action="store_true",
                    help="pretrain on the exact class means first, as the server does")
     args = p.parse_args()
@@ -91,32 +83,18 @@ def main() -> None:
     if args.warm_start:
         means = torch.stack([x[y == c].mean(0) for c in range(num_classes)]).numpy()
         pretrain_on_central_images(unet, scheduler, means.astype(np.float32), steps=300, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    optimizer = _adam(unet.parameters(), args.learning_rate)
-    alphas = _alphas(scheduler, torch.device("cpu"))
     augmenter = BatchAugmenter(Policy.default("image"))
     done, state = 0, None
     for target in sorted(int(s) for s in args.steps.split(",")):
-        if args.through_dp:
-            state = train_dp(unet, scheduler, x, y, steps=target - done,
-                     sample_rate=args.batch_size / len(x), noise_multiplier=1e-6,
-                     max_grad_norm=0.3, learning_rate=args.learning_rate,
-                     expected_batch_size=args.batch_size, noise=NoiseSource(secure=False),
-                     noise_multiplicity=2, noise_levels=NOISE_LEVELS, optimizer_state=state,
-                     augment=lambda v, g: augmenter(v, generator=g)).optimizer_state
-        else:
-            unet.train()
-            for _ in range(target - done):
-                idx = torch.randint(0, len(x), (args.batch_size,), generator=gen)
-                x0 = x[idx]
-                t = draw_timesteps((len(idx),), alphas, NOISE_LEVELS, generator=gen)
-                optimizer.zero_grad(set_to_none=True)
-                diffusion_loss(unet, x0, y[idx], torch.randn(x0.shape, generator=gen), t, alphas,
-                               prediction_type="edm").backward()
-                optimizer.step()
+        state = train_dp(unet, scheduler, x, y, steps=target - done,
+                         sample_rate=args.batch_size / len(x), noise_multiplier=1e-6,
+                         max_grad_norm=0.3, learning_rate=args.learning_rate,
+                         expected_batch_size=args.batch_size, noise=NoiseSource(secure=False),
+                         noise_multiplicity=2, noise_levels=NOISE_LEVELS, optimizer_state=state,
+                         augment=lambda v, g: augmenter(v, generator=g)).optimizer_state
         done = target
         print(json.dumps({"steps": done, "batch-size": args.batch_size,
-                          "learning-rate": args.learning_rate, "through-dp": args.through_dp,
+                          "learning-rate": args.learning_rate,
                           "warm-start": args.warm_start, "seed": args.seed,
                           **tstr_of(unet, scheduler, y.numpy(), held_out),
                           "seconds": round(time.perf_counter() - t0)}), flush=True)
