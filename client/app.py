@@ -76,7 +76,8 @@ def handle_warmup(msg: Message, context: Context) -> Message:
                                  image_size=gen_config.image_size,
                                  channels=gen_config.channels, run_id=str(cfg[keys.RUN_ID]),
                                  release_size=int(cfg[keys.WARMUP_SIZE]) if keys.WARMUP_SIZE in cfg
-                                 else None)
+                                 else None,
+                                 spread=int(cfg.get(keys.WARMUP_SPREAD, 0)) > 0)
     content = RecordDict({
         keys.METRICS: MetricRecord({keys.EPSILON: spent_epsilon(site), keys.DELTA: site.delta,
                                     keys.BUDGET: site.epsilon_budget}),

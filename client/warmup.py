@@ -21,6 +21,12 @@ sqrt(D)``, so ``w = D ** 0.25`` for the brightest pixels (``|m| = 1``). At 28 x 
 unweighted count, gave noise 56 on a count at ``sigma = 2``: a class of 150 records could
 come out anywhere from 40 to 260, and the class prior and every central image's scale with
 it).
+
+A second, optional release (the server's ``warmup-spread`` > 0) gives the classes' spread:
+the noised second moments of each record's low-resolution deviation from its class's
+*released* mean (:mod:`fedaug.generator.spread`: L2 sensitivity ``SPREAD_CLIP^2``), with
+noise multiplier :data:`SPREAD_NOISE_RATIO` times the class sums', recorded as a second
+ledger entry (``warm-start-spread``) before anything leaves. Both ride in one reply.
 """
 
 from __future__ import annotations
@@ -37,17 +43,20 @@ from fedaug.client.site import SiteContext, check_fits, load_site_data, open_led
 from fedaug.client.train import images_to_tensor
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
+from fedaug.generator.spread import noise_second_moments, second_moments, spread_side
 from fedaug.privacy.noise import NoiseSource
 from fedaug.privacy.planner import (
     WARMUP_MAX_SHARE,
     WARMUP_MAX_SIGMA,
-    warmup_noise_multiplier,
+    warmup_noise_multipliers,
 )
 
 __all__ = ["release_class_sums", "noise_class_sums", "count_weight", "WARMUP_FILE"]
 
 log = logging.getLogger("fedaug.client")
 WARMUP_FILE = "warmup-release.pt"
+#: A class's released count is floored here before it divides the class sums (as the server does).
+MIN_COUNT = 5.0
 
 
 def count_weight(num_pixels: int) -> float:
@@ -71,13 +80,20 @@ def noise_class_sums(sums: torch.Tensor, counts: torch.Tensor, *, noise_multipli
 
 def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: float,
                        num_classes: int, image_size: int, channels: int, run_id: str,
-                       release_size: int | None = None) -> dict[str, np.ndarray] | None:
+                       release_size: int | None = None, spread: bool = False
+                       ) -> dict[str, np.ndarray] | None:
     """Noised ``class-sums`` (K, D) and ``class-counts`` (K,) and the sums' ``noise-std``
-    (1,), or None if the budget forbids.
+    (1,), or None if the budget forbids; with ``spread``, also the classes' noised
+    low-resolution second moments ``class-spread`` (K, d (d + 1) / 2) and their
+    ``spread-noise-std`` (1,) (:mod:`fedaug.generator.spread`).
 
     The noise multiplier is the server's ``noise_multiplier`` or, where that would spend more
     than half of the budget left, the larger one that spends half
-    (:func:`fedaug.privacy.planner.warmup_noise_multiplier`). ``release_size`` < ``image_size`` sums
+    (:func:`fedaug.privacy.planner.warmup_noise_multiplier`). With ``spread`` the second
+    release gets the same noise multiplier (:data:`SPREAD_NOISE_RATIO` times it), and the
+    half-budget cap applies to the two together: two Gaussian mechanisms of multipliers
+    ``s1`` and ``s2`` compose exactly like one of ``(s1^-2 + s2^-2)^-1/2``.
+    ``release_size`` < ``image_size`` sums
     area-downsampled images instead: each pixel is still in ``[-1, 1]``, so the bound
     ``sqrt(D + w^2)`` holds with the smaller D, and the noise per pixel shrinks with the side.
     Released once per run: a repeated request gets the same stored release (free).
@@ -96,7 +112,8 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     data = load_site_data(site, run)
     check_fits(site, data, channels=channels, num_classes=num_classes)
     ledger, planner = open_ledger(site, data)
-    sigma = warmup_noise_multiplier(noise_multiplier, planner)
+    sigmas = warmup_noise_multipliers(noise_multiplier, planner, spread=spread)
+    sigma = None if sigmas is None else sigmas[0]
     if sigma is None:
         log.warning("%s: declines the warm-up release: even noise multiplier %g would spend "
                     "more than %.0f%% of the budget left (epsilon %.3f of %.2f).", site.name,
@@ -125,9 +142,21 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
                "noise-std": np.array([std], dtype=np.float32)}
     ledger.append(mechanism="gaussian", noise_multiplier=noise_multiplier, sample_rate=1.0,
                   steps=1, run=run_id, round=0, release="warm-start")
+    if spread:  # centred on the release just made: public from here on
+        side = spread_side(min(release_size or image_size, image_size))
+        centres = (sums / counts.clamp(min=MIN_COUNT)[:, None]).reshape(
+            num_classes, *x.shape[1:])
+        m2 = second_moments(x, y, centres, num_classes=num_classes, side=side)
+        spread_sigma = sigmas[1]
+        m2, spread_std = noise_second_moments(m2, noise_multiplier=spread_sigma,
+                                              noise=site.noise_source())
+        release["class-spread"] = m2.float().numpy()
+        release["spread-noise-std"] = np.array([spread_std], dtype=np.float32)
+        ledger.append(mechanism="gaussian", noise_multiplier=spread_sigma, sample_rate=1.0,
+                      steps=1, run=run_id, round=0, release="warm-start-spread")
     buf = io.BytesIO()
     torch.save({"run": run_id, "release": release}, buf)
     atomic_write_bytes(path, buf.getvalue())
-    log.info("%s: warm-up release of class sums (sigma %.2f), epsilon now %.3f", site.name,
-             noise_multiplier, ledger.epsilon())
+    log.info("%s: warm-up release of class sums%s (sigma %.2f), epsilon now %.3f", site.name,
+             " and spread" if spread else "", noise_multiplier, ledger.epsilon())
     return release

@@ -27,6 +27,7 @@ from fedaug.generator import (
     write_sample_grid,
 )
 from fedaug.generator.recipe import resolve_run
+from fedaug.generator.spread import draw_images
 from fedaug.logs import ensure_logging
 from fedaug.privacy import PrivacyLedger
 from fedaug.server.checkpoint import (
@@ -79,10 +80,11 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
                     "those", len(connected), run.min_sites, run.wait_for_sites_s)
     config = ConfigRecord({**gen_config.to_flat(), keys.RUN_ID: run_id,
                            keys.WARMUP_NOISE_MULTIPLIER: run.warmup_noise_multiplier,
-                           keys.WARMUP_SIZE: size})
-    means, counts, answers = collect_central_images(
+                           keys.WARMUP_SIZE: size, keys.WARMUP_SPREAD: run.warmup_spread})
+    central = collect_central_images(
         grid, config, num_classes=gen_config.num_classes,
         image_shape=(gen_config.channels, size, size), timeout=run.round_timeout_s)
+    means, counts, answers = central.means, central.counts, central.answers
     for a in answers:  # every site that spent on this model goes in the model card
         strategy.record_warm_start(a.node, site=a.site, epsilon=a.epsilon, delta=a.delta,
                                    budget=a.budget, released=a.released)
@@ -96,8 +98,16 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
                 torch.from_numpy(means), size=(gen_config.image_size,) * 2, mode="bilinear",
                 align_corners=False).numpy()
         loss = pretrain_on_central_images(unet, build_train_scheduler(gen_config), means,
-                                          steps=run.warmup_steps, seed=run.seed)
-        grid_img = make_grid(to_uint8(torch.from_numpy(means)), rows=1,
+                                          steps=run.warmup_steps, seed=run.seed,
+                                          spread=central.spread)
+        shown, rows = torch.from_numpy(means), 1
+        if central.spread is not None:  # each class's row: its central image, then draws
+            draws, _ = draw_images(means, central.spread, per_class=7,
+                                   generator=torch.Generator().manual_seed(run.seed))
+            shown = torch.cat([shown.unsqueeze(1), draws.reshape(len(means), 7, *means.shape[1:])],
+                              dim=1).flatten(0, 1)
+            rows = len(means)
+        grid_img = make_grid(to_uint8(shown), rows=rows,
                              scale=max(1, 64 // gen_config.image_size))
         buf = io.BytesIO()
         grid_img.save(buf, format="PNG")

@@ -16,8 +16,9 @@ from flwr.serverapp import Grid
 from fedaug import keys
 from fedaug.augment.functional import gaussian_kernel1d
 from fedaug.generator import train_nondp
+from fedaug.generator.spread import draw_images, spread_components
 
-__all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "WarmupReply", "class_prior", "collect_central_images",
+__all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "SPREAD_POOL", "CentralImages", "WarmupReply", "class_prior", "collect_central_images",
            "denoise_central_images", "pretrain_on_central_images"]
 
 log = logging.getLogger("fedaug.server")
@@ -27,6 +28,8 @@ log = logging.getLogger("fedaug.server")
 BLUR_WIDTHS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 #: Std of the pixel noise (on the [-1, 1] scale) the pretraining adds to the central images.
 PRETRAIN_JITTER = 0.3
+#: Images per class the pretraining draws from the classes' spread.
+SPREAD_POOL = 2000
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,25 @@ class WarmupReply:
     budget: float
 
 
+@dataclass(frozen=True)
+class CentralImages:
+    """What the warm start learned from the sites' releases (all post-processing)."""
+
+    means: np.ndarray | None  # (K, C, H, W) in [-1, 1]; None when no site released
+    counts: np.ndarray | None  # (K,) noised class counts summed over the sites
+    answers: list[WarmupReply]
+    #: per class, the principal components of its low-resolution spread ((d, r), (r,));
+    #: None without a spread release
+    spread: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+
 def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int,
                            image_shape: tuple[int, int, int], timeout: float,
-                           min_count: float = 5.0
-                           ) -> tuple[np.ndarray | None, np.ndarray | None, list[WarmupReply]]:
-    """Ask every site for its noised class sums; return per-class mean images in [-1, 1]
-    as (K, C, H, W), the noised class counts summed over the sites (K,) (both None when no
-    site released) and each site's reply."""
+                           min_count: float = 5.0) -> CentralImages:
+    """Ask every site for its noised class sums; return per-class mean images, the summed
+    noised class counts, each site's reply and, where the config asks for
+    ``warmup-spread`` components and sites released them, the classes' spread."""
+    rank = int(config.get(keys.WARMUP_SPREAD, 0))
     nodes = list(grid.get_node_ids())
     msgs = [Message(content=RecordDict({keys.CONFIG: config}), message_type=MessageType.QUERY,
                     dst_node_id=n) for n in nodes]
@@ -57,6 +72,7 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
     counts = np.zeros(num_classes)
     noise_var = 0.0  # of each coordinate of the summed class sums
     used = 0
+    spread_sum, spread_var, spread_counts = None, 0.0, np.zeros(num_classes)
     answers = []
     for r in replies:
         if r.has_error():
@@ -85,9 +101,22 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
         counts += n
         noise_var += float(std[0]) ** 2
         used += 1
+        if rank and "class-spread" in arrays and "spread-noise-std" in arrays:
+            m2 = arrays["class-spread"].numpy().astype(np.float64)
+            m2_std = arrays["spread-noise-std"].numpy().astype(np.float64)
+            if (spread_sum is not None and m2.shape != spread_sum.shape) or m2.ndim != 2 \
+                    or m2.shape[0] != num_classes or m2_std.shape != (1,) \
+                    or not (np.all(np.isfinite(m2)) and np.isfinite(m2_std[0])
+                            and m2_std[0] >= 0):
+                log.warning("warm-up: ignoring a malformed spread release from node %d",
+                            r.metadata.src_node_id)
+                continue
+            spread_sum = m2 if spread_sum is None else spread_sum + m2
+            spread_var += float(m2_std[0]) ** 2
+            spread_counts += n
     log.info("warm-up: %d of %d sites released noised class sums", used, len(nodes))
     if used == 0:
-        return None, None, answers
+        return CentralImages(None, None, answers)
     floor = np.maximum(counts, min_count)
     means = (sums / floor[:, None]).reshape(num_classes, c, h, w)
     noise_sd = np.sqrt(noise_var) / floor  # per pixel of each class's central image
@@ -95,7 +124,13 @@ def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int
     log.info("warm start: central images blurred by %s px (Stein's risk estimate; noise %s "
              "per pixel)", ", ".join(f"{b:g}" for b in widths),
              ", ".join(f"{v:.3f}" for v in noise_sd))
-    return np.clip(means, -1, 1).astype(np.float32), counts, answers
+    spread = None
+    if spread_sum is not None:
+        spread = spread_components(spread_sum, spread_counts, float(np.sqrt(spread_var)),
+                                   rank=rank, min_count=min_count)
+        log.info("warm start: the classes' spread resolves %s principal components (of at most "
+                 "%d)", ", ".join(str(len(sc)) for _, sc in spread), rank)
+    return CentralImages(np.clip(means, -1, 1).astype(np.float32), counts, answers, spread)
 
 
 def _blur_matrix(side: int, width: float) -> np.ndarray:
@@ -165,12 +200,23 @@ def _answer(reply: Message) -> WarmupReply | None:
 
 def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, means: np.ndarray,
                                *, steps: int = 300, jitter: float = PRETRAIN_JITTER,
-                               seed: int = 0) -> float:
+                               seed: int = 0,
+                               spread: list[tuple[np.ndarray, np.ndarray]] | None = None
+                               ) -> float:
     """Train on jittered, shifted copies of the central images (one per class); returns the
     mean loss. The jitter (pixel noise of std ``jitter`` on the [-1, 1] scale) and +-1 pixel
-    shifts make it learn a family, not K points."""
-    x = torch.from_numpy(means)
-    y = torch.arange(len(means))
+    shifts make it learn a family, not K points. With ``spread`` (per class, principal
+    components of its low-resolution deviations, :func:`fedaug.generator.spread.spread_components`)
+    each copy also gets a Gaussian deviation in those components: a pool of
+    :data:`SPREAD_POOL` images per class drawn once (at most about 64 MB of them)."""
+    if spread is None:
+        x = torch.from_numpy(means)
+        y = torch.arange(len(means))
+    else:
+        per_class = int(np.clip(16_000_000 // max(means[0].size * len(means), 1), 100,
+                                SPREAD_POOL))
+        x, y = draw_images(means, spread, per_class=per_class,
+                           generator=torch.Generator().manual_seed(seed))
 
     def jittered(batch01: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         shift = torch.randint(-1, 2, (2,), generator=gen)

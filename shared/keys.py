@@ -14,6 +14,7 @@ NUM_ROUNDS = "num-server-rounds"
 POLICY = "policy"  # JSON string of the (global) augmentation policy
 WARMUP_NOISE_MULTIPLIER = "warmup-noise-multiplier"
 WARMUP_SIZE = "warmup-size"
+WARMUP_SPREAD = "warmup-spread"  # > 0: also release the classes' spread
 
 # --- ConfigRecord keys, site -> server ------------------------------------------
 SITE = "site"

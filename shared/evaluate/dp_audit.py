@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedaug.config import RunConfig
+from fedaug.config import AUTO, RunConfig
 from fedaug.data import ImageDataset, load_image_source, partition
 from fedaug.errors import ConfigError, DataError
 from fedaug.generator import GeneratorConfig, build_train_scheduler, build_unet, train_dp
@@ -161,7 +161,7 @@ def site_release_history(run: RunConfig, *, epsilon: float | None = None,
     import tempfile
 
     from fedaug.privacy import BudgetPlanner, PrivacyLedger
-    from fedaug.privacy.planner import count_noise_multiplier, warmup_noise_multiplier
+    from fedaug.privacy.planner import count_noise_multiplier, warmup_noise_multipliers
 
     budget = float(run.epsilon if epsilon is None else epsilon)
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,10 +169,12 @@ def site_release_history(run: RunConfig, *, epsilon: float | None = None,
                                                                else delta))
         planner = BudgetPlanner(ledger, budget)
         if run.warmup_noise_multiplier > 0 and run.warmup_steps != 0:  # auto is never 0
-            sigma = warmup_noise_multiplier(run.warmup_noise_multiplier, planner)
-            if sigma is not None:
-                ledger.append(mechanism="gaussian", noise_multiplier=sigma, sample_rate=1.0,
-                              steps=1, run="audit", round=0)
+            sigmas = warmup_noise_multipliers(run.warmup_noise_multiplier, planner,
+                                              spread=run.warmup_spread not in (0, AUTO))
+            for sigma in sigmas or ():  # the class sums and, where asked, the spread
+                if sigma is not None:
+                    ledger.append(mechanism="gaussian", noise_multiplier=sigma,
+                                  sample_rate=1.0, steps=1, run="audit", round=0)
         ledger.append(mechanism="gaussian", noise_multiplier=count_noise_multiplier(budget),
                       sample_rate=1.0, steps=1, run="audit", round=1)
         return ledger.history()

@@ -41,7 +41,8 @@ class LedgerEntry:
     round: int
     time: float
     epsilon: float = 0.0  # pure-DP releases (mechanism "exponential") only
-    #: what was released ("count", "warm-start", "dp-sgd", "policy-choice", "central-update")
+    #: what was released ("count", "warm-start", "warm-start-spread", "dp-sgd", "policy-choice",
+    #: "central-update")
     release: str = ""
     #: the released value itself where it is one number (the noisy count), else None
     value: float | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from fedaug.privacy.accounting import (
@@ -14,13 +15,17 @@ from fedaug.privacy.accounting import (
 from fedaug.privacy.ledger import PrivacyLedger
 
 __all__ = ["BudgetPlanner", "count_noise_multiplier", "warmup_noise_multiplier",
-           "WARMUP_MAX_SHARE", "WARMUP_MAX_SIGMA"]
+           "WARMUP_MAX_SHARE", "WARMUP_MAX_SIGMA", "SPREAD_NOISE_RATIO",
+           "warmup_noise_multipliers"]
 
 #: The warm-up release takes at most this share of what is left of a site's budget; a site
 #: that cannot afford the server's noise multiplier releases with more noise instead.
 WARMUP_MAX_SHARE = 0.5
 #: Above this noise multiplier the warm-up release is worthless and the site declines it.
 WARMUP_MAX_SIGMA = 100.0
+#: The warm start's spread release (the classes' second moments) has this many times the
+#: class sums' noise multiplier (a site's constant, not the server's).
+SPREAD_NOISE_RATIO = 1.0
 
 
 def count_noise_multiplier(budget: float) -> float:
@@ -103,3 +108,19 @@ def warmup_noise_multiplier(requested: float, planner: BudgetPlanner) -> float |
     :data:`WARMUP_MAX_SIGMA` would spend more."""
     return planner.noise_multiplier(sample_rate=1.0, steps=1, share=WARMUP_MAX_SHARE,
                                     at_least=requested, max_noise_multiplier=WARMUP_MAX_SIGMA)
+
+
+def warmup_noise_multipliers(requested: float, planner: BudgetPlanner, *, spread: bool
+                             ) -> tuple[float, float | None] | None:
+    """The noise multipliers of the class sums and of the spread (None without ``spread``),
+    or None where the budget forbids the release.
+
+    Without ``spread``: :func:`warmup_noise_multiplier` of
+    ``requested``. With it, the two Gaussian mechanisms (multipliers ``s`` and
+    ``SPREAD_NOISE_RATIO * s``) compose exactly like one of multiplier ``s / j``, ``j =
+    sqrt(1 + SPREAD_NOISE_RATIO^-2)``; the cap on the budget's share applies to that one."""
+    joint = math.sqrt(1 + SPREAD_NOISE_RATIO ** -2) if spread else 1.0
+    sigma = warmup_noise_multiplier(requested / joint, planner)
+    if sigma is None:
+        return None
+    return sigma * joint, SPREAD_NOISE_RATIO * sigma * joint if spread else None

@@ -42,7 +42,7 @@ from fedaug.evaluate.dp_audit import (  # noqa: E402
     site_generator,
 )
 from fedaug.generator.recipe import resolve_for_data  # noqa: E402
-from fedaug.privacy.planner import warmup_noise_multiplier as release_noise_multiplier  # noqa: E402
+from fedaug.privacy.planner import warmup_noise_multipliers  # noqa: E402
 from fedaug.scenario import load_scenario  # noqa: E402
 
 PNEUMONIA = ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
@@ -75,11 +75,15 @@ def site_plan(scenario: Path, epsilon: float, workdir: Path, *, data: str | None
     run_id = "audit"
     count = released_count(site, ledger, planner, num_examples=len(records), run_id=run_id,
                            server_round=1)
-    if run.warmup_noise_multiplier > 0:  # the warm-start release spends before DP-SGD
-        sigma_w = release_noise_multiplier(run.warmup_noise_multiplier, planner)
-        if sigma_w is not None:
-            ledger.append(mechanism="gaussian", noise_multiplier=sigma_w, sample_rate=1.0,
-                          steps=1, run=run_id, round=0, release="warm-start")
+    if run.warmup_noise_multiplier > 0:  # the warm-start releases spend before DP-SGD
+        sigmas = warmup_noise_multipliers(run.warmup_noise_multiplier, planner,
+                                          spread=run.warmup_spread > 0)
+        if sigmas is not None:
+            for sigma_w, release in zip(sigmas, ("warm-start", "warm-start-spread"), strict=True):
+                if sigma_w is not None:
+                    ledger.append(mechanism="gaussian", noise_multiplier=sigma_w,
+                                  sample_rate=1.0, steps=1, run=run_id, round=0,
+                                  release=release)
     settings = run.train_settings()
     rp = plan_round(site, ledger, planner, settings, count=count, run_id=run_id,
                     server_round=1, num_rounds=run.num_server_rounds)

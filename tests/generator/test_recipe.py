@@ -26,16 +26,17 @@ def test_small_images_get_the_digits_recipe():
     run = _resolved(DIGITS)
     assert run.auto_keys == ()
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size,
-            run.warmup_steps) == ("edm", 4096, 60, 0, 1000)
+            run.warmup_steps, run.warmup_spread) == ("edm", 4096, 60, 0, 1000, 0)
     # one full-batch step per round, as the digits study's recipe takes
     assert run.train_settings().steps_per_round(1.0) == 1
 
 
-@pytest.mark.parametrize(("epsilon", "warmup_size"), [(10.0, 0), (1.0, 14)])
-def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size):
+@pytest.mark.parametrize(("epsilon", "warmup_size", "spread"), [(10.0, 0, 8), (1.0, 14, 0)])
+def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, spread):
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
-            run.warmup_size, run.warmup_steps) == ("edm", 512, 1.0, 20, warmup_size, 300)
+            run.warmup_size, run.warmup_steps, run.warmup_spread) == (
+        "edm", 512, 1.0, 20, warmup_size, 300, spread)
     # a 3,083-film site takes about one pass of ~512-film steps per round, a 44-film site one
     settings = run.train_settings()
     assert settings.steps_per_round(512 / 3083) == math.ceil(3083 / 512)
@@ -54,7 +55,8 @@ def test_explicit_keys_are_never_changed():
         FILMS)
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
         ("sample", 64, 3, 0)
-    assert set(chosen) == {"local-epochs", "local-steps", "noise-levels", "warmup-steps"}
+    assert set(chosen) == {"local-epochs", "local-steps", "noise-levels", "warmup-spread",
+                           "warmup-steps"}
     assert all(chosen[k]["rule"] for k in chosen)
 
 

@@ -308,3 +308,43 @@ def test_warmup_release_is_a_gaussian_mechanism_of_the_stated_multiplier():
     shift = math.sqrt(d / sum_std**2 + 1 / count_std**2)
     assert shift == pytest.approx(1 / sigma, rel=0.005)
     assert count_std < sigma * math.sqrt(d + 1) / 4
+
+
+def test_warmup_spread_release_is_charged_as_the_two_mechanisms_it_is(tmp_path):
+    """With the spread, two Gaussian releases leave in one reply; both are in the ledger
+    before the reply exists, and together they cost what the planner allowed one of
+    multiplier sigma / sqrt(1 + ratio^-2) to cost."""
+    import math
+
+    import numpy as np
+
+    from fedaug.client.site import SiteContext
+    from fedaug.client.warmup import release_class_sums
+    from fedaug.config import RunConfig
+    from fedaug.generator.spread import SPREAD_CLIP
+    from fedaug.privacy.planner import SPREAD_NOISE_RATIO
+
+    def site(folder):
+        return SiteContext(name="s", state_dir=folder, data="digits", partition_id=0,
+                           num_partitions=2, epsilon_budget=10.0, delta=1e-5,
+                           registry_dir=folder.parent / f"{folder.name}-registry")
+
+    run = RunConfig.from_mapping({"data": "digits"}, source="test")
+    one = site(tmp_path / "a")
+    release = release_class_sums(site=one, run=run, noise_multiplier=2.0, num_classes=10,
+                                 image_size=8, channels=1, run_id="r", spread=True)
+    assert release["class-spread"].shape == (10, 49 * 50 // 2)
+    assert release["spread-noise-std"][0] == pytest.approx(2.0 * SPREAD_NOISE_RATIO
+                                                           * SPREAD_CLIP ** 2)
+    ledger = PrivacyLedger(tmp_path / "a", site="s", delta=1e-5)
+    assert [(e.release, e.noise_multiplier) for e in ledger.entries] == [
+        ("warm-start", pytest.approx(2.0)), ("warm-start-spread", pytest.approx(2.0 * SPREAD_NOISE_RATIO))]
+    single = PrivacyLedger(tmp_path / "b", site="s", delta=1e-5)
+    single.append(mechanism="gaussian", noise_multiplier=2.0 / math.sqrt(1 + SPREAD_NOISE_RATIO ** -2),
+                  sample_rate=1.0, steps=1, run="r", round=0, release="warm-start")
+    assert ledger.epsilon() == pytest.approx(single.epsilon(), rel=1e-3)
+    # asked again in the same run: the stored release, nothing spent
+    again = release_class_sums(site=one, run=run, noise_multiplier=2.0, num_classes=10,
+                               image_size=8, channels=1, run_id="r", spread=True)
+    assert np.array_equal(again["class-spread"], release["class-spread"])
+    assert len(PrivacyLedger(tmp_path / "a", site="s", delta=1e-5).entries) == 2

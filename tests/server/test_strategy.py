@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedaug import keys
@@ -140,8 +141,10 @@ def test_central_images_are_denoised_by_their_stated_noise_and_a_bad_release_is_
     grid = SimpleNamespace(get_node_ids=lambda: [1, 2, 3],
                            send_and_receive=lambda msgs, timeout: replies)
     with caplog.at_level("WARNING", logger="fedaug.server"):
-        means, counts, _ = collect_central_images(grid, ConfigRecord({}), num_classes=k,
-                                                  image_shape=(1, side, side), timeout=1.0)
+        central = collect_central_images(grid, ConfigRecord({}), num_classes=k,
+                                         image_shape=(1, side, side), timeout=1.0)
+    means, counts = central.means, central.counts
+    assert central.spread is None  # not asked for
     assert "ignoring node 3's release: it lacks 'noise-std'" in caplog.text
     # the third site's sums are not in: the counts are two sites' worth
     assert counts == pytest.approx(per_class, abs=10)
@@ -152,6 +155,52 @@ def test_central_images_are_denoised_by_their_stated_noise_and_a_bad_release_is_
     assert err_raw[1] > 0.3 and err[1] < err_raw[1] / 3  # the noisy class: much closer
     # the quiet class (noise 0.14, below the pretraining's own jitter) is left as released
     np.testing.assert_allclose(means[0], np.clip(raw[0], -1, 1), atol=1e-6)
+
+
+def test_the_spread_is_summed_over_the_sites_that_released_it(monkeypatch, caplog):
+    """Asked for the spread, the server sums the sites' second moments (a site without
+    them still gives its sums), normalises by those sites' counts and finds the planted
+    component; a malformed spread release is dropped with a warning."""
+    from types import SimpleNamespace
+
+    from fedaug.generator.spread import noise_second_moments
+    from fedaug.privacy.noise import NoiseSource
+    from fedaug.server.warmup import collect_central_images
+
+    k, d, n = 2, 49, 1500.0
+    rows, cols = np.triu_indices(d)
+    direction = np.zeros(d)
+    direction[:7] = 1 / np.sqrt(7)
+    cov = [0.4 * np.outer(direction, direction), np.zeros((d, d))]
+
+    def release(node, *, spread, bad=False):
+        arrays = {"class-sums": np.zeros((k, 49)), "class-counts": np.array([n, n]),
+                  "noise-std": np.array([1.0])}
+        if spread:
+            m2 = torch.from_numpy(np.stack([n * c[rows, cols] for c in cov]))
+            m2, std = noise_second_moments(m2, noise_multiplier=2.0,
+                                           noise=NoiseSource.for_tests(node))
+            arrays["class-spread"] = m2.numpy()[:, :10] if bad else m2.numpy()
+            arrays["spread-noise-std"] = np.array([std])
+        content = RecordDict({keys.ARRAYS: ArrayRecord(
+            {name: Array(np.asarray(v, dtype=np.float32)) for name, v in arrays.items()})})
+        return SimpleNamespace(has_error=lambda: False, content=content,
+                               metadata=SimpleNamespace(src_node_id=node))
+
+    replies = [release(1, spread=True), release(2, spread=True), release(3, spread=False),
+               release(4, spread=True, bad=True)]
+    monkeypatch.setattr("fedaug.server.warmup.Message", lambda **kw: SimpleNamespace(**kw))
+    grid = SimpleNamespace(get_node_ids=lambda: [1, 2, 3, 4],
+                           send_and_receive=lambda msgs, timeout: replies)
+    with caplog.at_level("INFO", logger="fedaug.server"):
+        central = collect_central_images(grid, ConfigRecord({keys.WARMUP_SPREAD: 8}),
+                                         num_classes=k, image_shape=(1, 7, 7), timeout=1.0)
+    assert "ignoring a malformed spread release from node 4" in caplog.text
+    assert central.counts == pytest.approx([4 * n, 4 * n])  # every site's sums are in
+    (u0, s0), (_, s1) = central.spread
+    assert len(s0) == 1 and len(s1) == 0
+    assert abs(float(u0[:, 0] @ direction)) > 0.95
+    assert s0[0] == pytest.approx(np.sqrt(0.4), rel=0.15)  # normalised by 2 sites' counts
 
 
 def test_stein_risk_picks_a_wider_blur_for_more_noise():

@@ -72,6 +72,34 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     assert strategy.rounds[0].aggregated == 2
 
 
+def test_the_spread_release_is_in_the_reply_and_in_the_ledger_before_it(tmp_path):
+    """Asked for the classes' spread, a site's warm-up reply carries its noised second
+    moments and their stated noise, both releases are in its ledger (the spread's noise is
+    its recorded multiplier times the clip squared), and the server pretrains on draws."""
+    from fedaug.generator.spread import SPREAD_CLIP
+
+    run = _run(tmp_path, **{"warmup-spread": 3})
+    captured: list[Message] = []
+    simulate(run, num_sites=2, capture=captured, progress=False, audit=False)
+    warmups = [m for m in captured if m.metadata.message_type == "query"]
+    assert len(warmups) == 2
+    for msg in warmups:
+        arrays = msg.content["arrays"]
+        assert set(arrays.keys()) == {"class-sums", "class-counts", "noise-std",
+                                      "class-spread", "spread-noise-std"}
+        assert tuple(arrays["class-spread"].shape) == (10, 49 * 50 // 2)  # 7x7 deviations
+        site = msg.content["config"]["site"]
+        ledger = PrivacyLedger(tmp_path / "out" / "sites" / site, site=site, delta=run.delta)
+        assert [e.release for e in ledger.entries][:2] == ["warm-start", "warm-start-spread"]
+        (sigma,) = [e.noise_multiplier for e in ledger.entries if e.release == "warm-start-spread"]
+        assert arrays["spread-noise-std"].numpy() == pytest.approx([sigma * SPREAD_CLIP ** 2])
+    # the central images' grid: one row per class, the central image then seven draws
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "out" / "central_images.png")
+    assert grid.height > grid.width  # 10 rows of 8
+
+
 def test_site_messages_hold_only_parameters_policy_and_metrics(tmp_path):
     # Prepare
     run = _run(tmp_path)
