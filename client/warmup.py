@@ -25,8 +25,9 @@ it).
 A second, optional release (the server's ``warmup-spread`` > 0) gives the classes' spread:
 the noised second moments of each record's low-resolution deviation from its class's
 *released* mean (:mod:`fedaug.generator.spread`: L2 sensitivity ``SPREAD_CLIP^2``), with
-noise multiplier :data:`SPREAD_NOISE_RATIO` times the class sums', recorded as a second
-ledger entry (``warm-start-spread``) before anything leaves. Both ride in one reply.
+noise multiplier :data:`fedaug.privacy.planner.SPREAD_NOISE_RATIO` times the class sums',
+recorded as a second ledger entry (``warm-start-spread``) before anything leaves. Both ride
+in one reply.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def release_class_sums(*, site: SiteContext, run: RunConfig, noise_multiplier: f
     The noise multiplier is the server's ``noise_multiplier`` or, where that would spend more
     than half of the budget left, the larger one that spends half
     (:func:`fedaug.privacy.planner.warmup_noise_multiplier`). With ``spread`` the second
-    release gets the same noise multiplier (:data:`SPREAD_NOISE_RATIO` times it), and the
+    release gets :data:`fedaug.privacy.planner.SPREAD_NOISE_RATIO` (1) times it, and the
     half-budget cap applies to the two together: two Gaussian mechanisms of multipliers
     ``s1`` and ``s2`` compose exactly like one of ``(s1^-2 + s2^-2)^-1/2``.
     ``release_size`` < ``image_size`` sums

@@ -18,8 +18,9 @@ from fedaug.augment.functional import gaussian_kernel1d
 from fedaug.generator import train_nondp
 from fedaug.generator.spread import draw_images, spread_components
 
-__all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "SPREAD_POOL", "CentralImages", "WarmupReply", "class_prior", "collect_central_images",
-           "denoise_central_images", "pretrain_on_central_images"]
+__all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "SPREAD_POOL", "CentralImages", "WarmupReply",
+           "class_prior", "collect_central_images", "denoise_central_images",
+           "pretrain_on_central_images"]
 
 log = logging.getLogger("fedaug.server")
 
