@@ -31,7 +31,7 @@ def test_small_images_get_the_digits_recipe():
     assert run.train_settings().steps_per_round(1.0) == 1
 
 
-@pytest.mark.parametrize(("epsilon", "warmup_size", "spread"), [(10.0, 0, 8), (1.0, 14, 0)])
+@pytest.mark.parametrize(("epsilon", "warmup_size", "spread"), [(10.0, 0, 8), (1.0, 14, 8)])
 def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, spread):
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
