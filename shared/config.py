@@ -318,10 +318,11 @@ class RunConfig(_Settings):
     warmup_spread: int | str = _opt(AUTO, "DP warm start: the most principal components of "
                                     "each class's low-resolution spread the server learns from "
                                     "a second release (second moments of each record's 7x7 "
-                                    "deviation from its class's released mean, noise "
-                                    "multiplier twice warmup-noise-multiplier); the "
-                                    "pretraining then draws varied images, not one per class "
-                                    "(0 = off)", lo=0, hi=64, kind=int)
+                                    "deviation from its class's released mean, at the class "
+                                    "sums' noise multiplier; the pair together spends at most "
+                                    "what the class sums alone may); the pretraining then "
+                                    "draws varied images, not one per class (0 = off)", lo=0,
+                                    hi=64, kind=int)
     warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the central images",
                                    lo=0, kind=int)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
