@@ -44,7 +44,12 @@ from fedaug.client.site import SiteContext, check_fits, load_site_data, open_led
 from fedaug.client.train import images_to_tensor
 from fedaug.config import RunConfig
 from fedaug.errors import ConfigError
-from fedaug.generator.spread import noise_second_moments, second_moments, spread_side
+from fedaug.generator.spread import (
+    MIN_COUNT,
+    noise_second_moments,
+    second_moments,
+    spread_side,
+)
 from fedaug.privacy.noise import NoiseSource
 from fedaug.privacy.planner import (
     WARMUP_MAX_SHARE,
@@ -56,8 +61,6 @@ __all__ = ["release_class_sums", "noise_class_sums", "count_weight", "WARMUP_FIL
 
 log = logging.getLogger("fedaug.client")
 WARMUP_FILE = "warmup-release.pt"
-#: A class's released count is floored here before it divides the class sums (as the server does).
-MIN_COUNT = 5.0
 
 
 def count_weight(num_pixels: int) -> float:

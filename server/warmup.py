@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from fedaug import keys
 from fedaug.augment.functional import gaussian_kernel1d
 from fedaug.generator import train_nondp
-from fedaug.generator.spread import draw_images, spread_components
+from fedaug.generator.spread import MIN_COUNT, draw_images, spread_components
 
 __all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "SPREAD_POOL", "CentralImages", "WarmupReply",
            "class_prior", "collect_central_images", "denoise_central_images",
@@ -59,7 +59,7 @@ class CentralImages:
 
 def collect_central_images(grid: Grid, config: ConfigRecord, *, num_classes: int,
                            image_shape: tuple[int, int, int], timeout: float,
-                           min_count: float = 5.0) -> CentralImages:
+                           min_count: float = MIN_COUNT) -> CentralImages:
     """Ask every site for its noised class sums; return per-class mean images, the summed
     noised class counts, each site's reply and, where the config asks for
     ``warmup-spread`` components and sites released them, the classes' spread."""
@@ -177,7 +177,7 @@ def denoise_central_images(means: np.ndarray, noise_sd: np.ndarray, *, keep_belo
     return out, widths
 
 
-def class_prior(counts: np.ndarray, *, min_count: float = 5.0) -> list[float]:
+def class_prior(counts: np.ndarray, *, min_count: float = MIN_COUNT) -> list[float]:
     """The federation's class proportions from the sites' noised class counts (summed): each
     count raised to at least ``min_count`` (a noised count can be small or negative), then
     normalised. A post-processing of DP releases; synthetic labels follow it."""

@@ -33,13 +33,18 @@ import torch.nn.functional as F
 
 from fedaug.privacy.noise import NoiseSource
 
-__all__ = ["SPREAD_CLIP", "SPREAD_SIZE", "draw_images", "lowres", "noise_second_moments",
-           "second_moments", "spread_components", "spread_side", "unpack"]
+__all__ = ["MIN_COUNT", "SPREAD_CLIP", "SPREAD_SIZE", "draw_images", "lowres",
+           "noise_second_moments", "second_moments", "spread_components", "spread_side",
+           "unpack"]
 
 #: Side of the low-resolution deviations (block means) whose second moments are released.
 SPREAD_SIZE = 7
 #: L2 bound on one record's low-resolution deviation (block means on the [-1, 1] scale).
 SPREAD_CLIP = 2.0
+#: Smallest value a noised class count takes before it divides a released sum (a noised count
+#: can be small or negative): the site's centres and the server's means, spread and class
+#: prior all floor it here.
+MIN_COUNT = 5.0
 
 
 def spread_side(image_size: int) -> int:
@@ -92,7 +97,7 @@ def unpack(upper: np.ndarray, d: int) -> np.ndarray:
 
 
 def spread_components(m2: np.ndarray, counts: np.ndarray, noise_std: float, *, rank: int,
-                      min_count: float = 5.0) -> list[tuple[np.ndarray, np.ndarray]]:
+                      min_count: float = MIN_COUNT) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per class, the principal components the release resolves: ``(U (d, r), scale (r,))``
     with ``r <= rank``; a draw is ``U @ (scale * N(0, I))``.
 
