@@ -323,7 +323,7 @@ class RunConfig(_Settings):
                                     "what the class sums alone may); the pretraining then "
                                     "draws varied images, not one per class (0 = off)", lo=0,
                                     hi=64, kind=int)
-    warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the central images",
+    warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the warm start's images",
                                    lo=0, kind=int)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)

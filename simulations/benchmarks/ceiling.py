@@ -14,8 +14,8 @@ never a site's code path, and the test split is not read.
 Every step is the sites' DP-SGD step (:func:`train_dp`: Poisson batches, per-example
 clipping at 0.3, two augmented views per example, the augmentation policy) with a noise
 multiplier of 1e-6, so only the noise and the federation are taken away. ``--warm-start``
-first pretrains as the server does (:func:`pretrain_on_central_images`, 300 steps) on the
-exact class means (no release noise).
+first pretrains as the server did before the classes' spread (:func:`pretrain_on_central_images`,
+300 steps) on the exact class means (no release noise, no spread).
 """
 
 from __future__ import annotations

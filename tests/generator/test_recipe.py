@@ -36,7 +36,7 @@ def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, s
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
             run.warmup_size, run.warmup_steps, run.warmup_spread) == (
-        "edm", 512, 1.0, 20, warmup_size, 300, spread)
+        "edm", 512, 1.0, 20, warmup_size, 600, spread)
     # a 3,083-film site takes about one pass of ~512-film steps per round, a 44-film site one
     settings = run.train_settings()
     assert settings.steps_per_round(512 / 3083) == math.ceil(3083 / 512)
