@@ -73,7 +73,8 @@ RULES: tuple[Rule, ...] = (
          "1000 up to 16 px, 600 above",
          "server pretraining on the DP central images and spread (post-processing, no "
          "budget): 1000 beat 300 at 8x8; at 28x28 600 steps on the spread's draws beat 300 "
-         "(validation data), where 1000 on the central images alone had not"),
+         "on validation data (the test split then showed the same means), where 1000 on the "
+         "central images alone had not"),
     Rule("noise-levels", lambda f, run: FILM_NOISE_LEVELS if f.epsilon > 1 and not f.small
          else "uniform",
          f"{FILM_NOISE_LEVELS} above 16 px at epsilon > 1, else uniform",
