@@ -112,8 +112,10 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
         buf = io.BytesIO()
         grid_img.save(buf, format="PNG")
         atomic_write_bytes(out / "central_images.png", buf.getvalue())
-        log.info("warm start: pretrained %d steps on DP central images (loss %.4f), see %s",
-                 run.warmup_steps, loss, out / "central_images.png")
+        log.info("warm start: pretrained %d steps on %s (loss %.4f), see %s", run.warmup_steps,
+                 "DP central images" if central.spread is None
+                 else "draws from the DP central images and classes' spread",
+                 loss, out / "central_images.png")
     return ArrayRecord(unet.state_dict())
 
 
