@@ -2,10 +2,11 @@
 
 A federation of ``--sites`` simulated sites (Dirichlet ``--alpha`` label skew) trains with the
 automatic recipe (docs/dp-recipe.md) unless ``--scenario`` or ``--set`` gives keys, once per
-data seed and budget. For each run it reports TSTR accuracy and AUC, the real-data reference
-(TRTR), fidelity, each site's decision on the synthetic data (``fedaug evaluate
---site-data``: validation on a part of its own records) and what that decision does on
-records no site saw, and the wall time; then the mean and the worst over the runs.
+data seed and budget. For each run it reports TSTR accuracy, balanced accuracy (the mean
+recall over the classes) and AUC, the real-data reference (TRTR), fidelity, each site's
+decision on the synthetic data (``fedaug evaluate --site-data``: validation on a part of its
+own records) and what that decision does on records no site saw, and the wall time; then the
+mean and the worst over the runs.
 
 The validation protocol (``--split``):
 
