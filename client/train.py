@@ -161,6 +161,8 @@ def run_round(*, site: SiteContext, run: RunConfig, settings: TrainSettings,
         noise_levels=settings.noise_levels,
         augment=augment,
         optimizer_state=_load_optimizer(opt_path, run_id),
+        label_dropout=gen_config.label_dropout,
+        null_label=gen_config.null_label,
     )
     # The spending is on disk before anything leaves the site.
     ledger.append(mechanism="dp-sgd", noise_multiplier=plan.noise_multiplier,

@@ -99,7 +99,9 @@ def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: A
                 align_corners=False).numpy()
         loss = pretrain_on_central_images(unet, build_train_scheduler(gen_config), means,
                                           steps=run.warmup_steps, seed=run.seed,
-                                          spread=central.spread)
+                                          spread=central.spread,
+                                          label_dropout=gen_config.label_dropout,
+                                          null_label=gen_config.null_label)
         shown, rows = torch.from_numpy(means), 1
         if central.spread is not None:  # each class's row: its central image, then draws
             draws, _ = draw_images(means, central.spread, per_class=7,

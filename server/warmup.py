@@ -202,14 +202,17 @@ def _answer(reply: Message) -> WarmupReply | None:
 def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, means: np.ndarray,
                                *, steps: int = 300, jitter: float = PRETRAIN_JITTER,
                                seed: int = 0,
-                               spread: list[tuple[np.ndarray, np.ndarray]] | None = None
+                               spread: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                               label_dropout: float = 0.0, null_label: int | None = None
                                ) -> float:
     """Train on jittered, shifted copies of the central images (one per class); returns the
     mean loss. The jitter (pixel noise of std ``jitter`` on the [-1, 1] scale) and +-1 pixel
     shifts make it learn a family, not K points. With ``spread`` (per class, principal
     components of its low-resolution deviations, :func:`fedaug.generator.spread.spread_components`)
     each copy also gets a Gaussian deviation in those components: a pool of
-    :data:`SPREAD_POOL` images per class drawn once (at most about 64 MB of them)."""
+    :data:`SPREAD_POOL` images per class drawn once (at most about 64 MB of them).
+    ``label_dropout`` and ``null_label`` train the null class of classifier-free guidance
+    as the sites do (:func:`fedaug.generator.train.train_dp`)."""
     if spread is None:
         x = torch.from_numpy(means)
         y = torch.arange(len(means))
@@ -233,6 +236,7 @@ def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, mean
     try:
         outcome = train_nondp(unet, scheduler, x, y, steps=steps, batch_size=128,
                               learning_rate=2e-3, augment=jittered, seed=seed,
+                              label_dropout=label_dropout, null_label=null_label,
                               progress=None if bar is None else (lambda i, loss: bar.update(1)))
     finally:
         if bar is not None:

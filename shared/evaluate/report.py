@@ -77,9 +77,11 @@ def diffusion_loss_fn(unet: Any, scheduler: Any, *, draws: int = 8, seed: int = 
 
 def _sample(model_dir: str | Path, labels: np.ndarray, *, steps: int, seed: int,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    unet, scheduler, _ = load_generator(model_dir)
+    unet, scheduler, config = load_generator(model_dir)
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
-                                    seed=seed, progress=progress))
+                                    seed=seed, progress=progress,
+                                    guidance_scale=config.guidance_scale,
+                                    null_label=config.null_label))
     return images, labels.astype(np.int64)
 
 

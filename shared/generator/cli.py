@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--steps", type=int, default=DEFAULT_SAMPLE_STEPS,
                    help=f"DDIM steps (default {DEFAULT_SAMPLE_STEPS})")
+    g.add_argument("--guidance-scale", type=float,
+                   help="classifier-free guidance: u + w (c - u) of the null class's and the "
+                   "class's outputs (1: none; default: the model's own, fedaug_generator.json's "
+                   "guidance_scale; needs a model trained with label-dropout > 0)")
     g.add_argument("--out", required=True, help="output folder (new or empty)")
     g.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out: first remove what an earlier generate "
@@ -38,7 +42,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     written = generate_to_folder(args.model, args.out, num_samples=args.num_samples,
                                  label=args.label, seed=args.seed, steps=args.steps,
-                                 labels=args.labels, overwrite=args.overwrite)
+                                 labels=args.labels, overwrite=args.overwrite,
+                                 guidance_scale=args.guidance_scale)
     print(f"wrote {written['num-samples']} samples: {written['folder']} "
           f"(grid {written['grid']}, arrays {written['npz']})")
     return 0

@@ -62,7 +62,8 @@ def model_labels(model_dir: str | Path, num_samples: int, num_classes: int, mode
 
 def generate(model_dir: str | Path, *, num_samples: int, label: int | None = None,
              seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS, labels: str = "prior",
-             progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+             progress: bool | None = None, guidance_scale: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sample ``num_samples`` images: uint8 (N, H, W, C), labels (N,), class names.
 
     ``labels``: ``"prior"`` (the default) draws the classes in the federation's proportions
@@ -70,9 +71,16 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
     set follows the real data's class mix; a model without one, and ``"balanced"``, spread
     the samples evenly over the classes. ``label`` gives every sample one class instead.
     ``progress``: a tqdm bar on stderr for runs longer than a second; ``None`` shows it when
-    stderr is a terminal.
+    stderr is a terminal. ``guidance_scale``: classifier-free guidance (1: none); default:
+    the model's own (its ``fedaug_generator.json``), which needs a null class unless it is 1.
     """
     unet, scheduler, config = load_generator(model_dir)
+    if guidance_scale is None:
+        guidance_scale = config.guidance_scale
+    if guidance_scale != 1.0 and config.null_label is None:
+        raise ConfigError("This model has no null class, so it samples without guidance.",
+                          value=guidance_scale, fix="Leave --guidance-scale out (or pass 1); "
+                          "train with run config label-dropout > 0 to use guidance.")
     names = read_class_names(model_dir, config.num_classes)
     if num_samples < 1:
         raise ConfigError("--num-samples must be at least 1.", value=num_samples)
@@ -86,7 +94,9 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
     if progress is None:
         progress = _stderr_is_terminal()
     images = to_uint8(sample_images(unet, scheduler, drawn.tolist(), num_inference_steps=steps,
-                                    seed=seed, progress=progress))
+                                    seed=seed, progress=progress,
+                                    guidance_scale=guidance_scale,
+                                    null_label=config.null_label))
     return images, drawn.astype(np.int64), names
 
 
@@ -100,7 +110,8 @@ def _stderr_is_terminal() -> bool:
 def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: int,
                        label: int | None = None, seed: int = 0, steps: int = DEFAULT_SAMPLE_STEPS,
                        labels: str = "prior", overwrite: bool = False,
-                       progress: bool | None = None) -> dict[str, Any]:
+                       progress: bool | None = None,
+                       guidance_scale: float | None = None) -> dict[str, Any]:
     """Write ``out/<class>/NNNNN.png``, ``out/grid.png`` (one labelled row per class) and
     ``out/samples.npz``.
 
@@ -111,7 +122,8 @@ def generate_to_folder(model_dir: str | Path, out: str | Path, *, num_samples: i
     out = Path(out)
     _check_out(out, overwrite=overwrite)
     images, labels, names = generate(model_dir, num_samples=num_samples, label=label,
-                                     seed=seed, steps=steps, labels=labels, progress=progress)
+                                     seed=seed, steps=steps, labels=labels, progress=progress,
+                                     guidance_scale=guidance_scale)
     if overwrite:
         _remove_earlier_samples(out)
     for i, (img, y) in enumerate(zip(images, labels, strict=True)):

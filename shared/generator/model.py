@@ -27,6 +27,7 @@ __all__ = [
     "forward_diffuse",
     "scheduler_output",
     "scheduler_prediction_type",
+    "drop_labels",
 ]
 
 GENERATOR_FILE = "fedaug_generator.json"
@@ -61,6 +62,16 @@ class GeneratorConfig:
         ``"edm"`` (EDM's preconditioning, see :func:`diffusion_target`). Under
         DP-SGD x0-prediction learns far faster on small data than epsilon (see
         docs/dp-recipe.md).
+    label_dropout : float (default: 0.0)
+        Classifier-free guidance's training half: the probability with which each training
+        example's class label is replaced by an extra "no class" label (the UNet then has
+        ``num_classes + 1`` class embeddings, the last one that null label). 0: no null
+        class.
+    guidance_scale : float (default: 1.0)
+        Classifier-free guidance's sampling half, the default of every sampler of this
+        model: the output is ``u + w * (c - u)`` for the class-conditional output ``c`` and
+        the null label's ``u``; 1 samples the class-conditional model as it is, larger values
+        push samples away from the unconditional model. Needs ``label_dropout > 0``.
     """
 
     image_size: int
@@ -71,9 +82,18 @@ class GeneratorConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "sample"
+    label_dropout: float = 0.0
+    guidance_scale: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0.0 <= self.label_dropout < 1.0:
+            problems.append(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0.0 <= self.guidance_scale <= 100.0:
+            problems.append(f"guidance_scale must be in [0, 100], got {self.guidance_scale}")
+        elif self.guidance_scale != 1.0 and self.label_dropout <= 0.0:
+            problems.append(f"guidance_scale {self.guidance_scale} needs a null class "
+                            "(label_dropout > 0); a model trained without one samples at 1")
         levels = len(self.block_out_channels)
         if self.prediction_type not in PREDICTION_TYPES:
             problems.append(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
@@ -95,6 +115,11 @@ class GeneratorConfig:
             raise ConfigError("Invalid generator configuration: " + "; ".join(problems) + ".",
                               fix="Pick channels that are multiples of 4 and a size divisible "
                               "by 2**(levels-1).")
+
+    @property
+    def null_label(self) -> int | None:
+        """The null class's label (``num_classes``) where the model has one, else ``None``."""
+        return self.num_classes if self.label_dropout > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -209,9 +234,20 @@ def build_unet(config: GeneratorConfig) -> UNet2DModel:
         up_block_types=("UpBlock2D",) * levels,
         add_attention=False,
         norm_num_groups=_norm_groups(config.block_out_channels),
-        num_class_embeds=config.num_classes,
+        num_class_embeds=config.num_classes + (config.null_label is not None),
         num_train_timesteps=config.num_train_timesteps,
     )
+
+
+def drop_labels(labels: torch.Tensor, label_dropout: float, null_label: int | None, *,
+                generator: torch.Generator) -> torch.Tensor:
+    """``labels`` with each one replaced by ``null_label`` with probability
+    ``label_dropout`` (one uniform draw per label from ``generator``); unchanged (and no
+    draw) where there is no null class."""
+    if null_label is None or label_dropout <= 0 or labels.numel() == 0:
+        return labels
+    u = torch.rand(labels.shape, generator=generator, device=labels.device)
+    return torch.where(u < label_dropout, torch.full_like(labels, null_label), labels)
 
 
 def build_train_scheduler(config: GeneratorConfig) -> DDPMScheduler:
@@ -252,6 +288,7 @@ def save_generator(folder: str | Path, unet: UNet2DModel, scheduler: DDPMSchedul
     # module, so it is written here rather than through the class).
     index = {"_class_name": "FedaugPipeline", "_diffusers_version": diffusers.__version__,
              "class_names": class_names, "prediction_type": config.prediction_type,
+             "guidance_scale": config.guidance_scale, "null_label": config.null_label,
              "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n",
                                              encoding="utf-8")

@@ -67,6 +67,8 @@ def denoise(
     num_inference_steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` (N, C, H, W) into images in about [-1, 1], one image per class label.
 
@@ -79,7 +81,13 @@ def denoise(
     and DDPM, the division by ``sqrt(sigma^2 + 1)`` for Euler-type schedulers), the UNet
     predicts, :func:`scheduler_output` turns an EDM output into the denoised image, and the
     scheduler takes its step.
+
+    With a ``null_label`` and ``guidance_scale`` other than 1 (classifier-free guidance),
+    the UNet also predicts for the null label in the same batch and the output is
+    ``u + guidance_scale * (c - u)``; every prediction type's denoised image is affine in
+    the output with weights summing to one, so guiding the output guides the image.
     """
+    guided = null_label is not None and guidance_scale != 1.0
     wanted = scheduler_prediction_type(prediction_type)
     if scheduler.config.get("prediction_type") != wanted:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=wanted)
@@ -92,7 +100,13 @@ def denoise(
     timesteps = scheduler.timesteps
     for t in progress(timesteps) if progress is not None else timesteps:
         x_t = scheduler.scale_model_input(x, t)
-        output = unet(x_t, t, class_labels=class_labels).sample
+        if guided:
+            both = unet(torch.cat([x_t, x_t]), t, class_labels=torch.cat(
+                [class_labels, torch.full_like(class_labels, null_label)])).sample
+            cond, uncond = both.chunk(2)
+            output = uncond + guidance_scale * (cond - uncond)
+        else:
+            output = unet(x_t, t, class_labels=class_labels).sample
         output = scheduler_output(prediction_type, output, x_t, _alpha_at(alphas, t))
         x = scheduler.step(output, t, x, **extra).prev_sample
     return x
@@ -158,12 +172,18 @@ class FedaugPipeline(DiffusionPipeline):
     prediction_type : str, optional
         What the UNet predicts: ``"sample"``, ``"epsilon"``, ``"v_prediction"`` or ``"edm"``
         (see :class:`~fedaug.generator.model.GeneratorConfig`); default: the scheduler's.
+    guidance_scale : float (default: 1.0)
+        The classifier-free guidance scale calls use unless they give one (1: none).
+    null_label : int, optional
+        The UNet's "no class" label (its last class embedding) where it was trained with
+        label dropout; ``None``: no null class, so no guidance.
     """
 
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin,
-                 class_names: list[str] | None = None, prediction_type: str | None = None) -> None:
+                 class_names: list[str] | None = None, prediction_type: str | None = None,
+                 guidance_scale: float = 1.0, null_label: int | None = None) -> None:
         super().__init__()
         if prediction_type is None:
             prediction_type = scheduler.config.get("prediction_type", "epsilon")
@@ -171,13 +191,19 @@ class FedaugPipeline(DiffusionPipeline):
             raise ConfigError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}.",
                               value=prediction_type)
         num = unet.config.num_class_embeds
+        if null_label is not None:
+            if num is None or null_label != num - 1:
+                raise ConfigError("null_label must be the UNet's last class embedding.",
+                                  value=null_label)
+            num -= 1
         if class_names is not None:
             class_names = [str(n) for n in class_names]
             if num is not None and len(class_names) != num:
                 raise ConfigError(f"class_names must name the UNet's {num} classes.",
                                   value=class_names)
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(class_names=class_names, prediction_type=prediction_type)
+        self.register_to_config(class_names=class_names, prediction_type=prediction_type,
+                                guidance_scale=float(guidance_scale), null_label=null_label)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any
@@ -195,7 +221,8 @@ class FedaugPipeline(DiffusionPipeline):
 
             unet, scheduler, config = load_generator(folder)
             pipe = cls(unet, DDIMScheduler.from_config(scheduler.config),
-                       prediction_type=config.prediction_type)
+                       prediction_type=config.prediction_type,
+                       guidance_scale=config.guidance_scale, null_label=config.null_label)
         else:
             from diffusers.utils import is_accelerate_available
 
@@ -203,17 +230,27 @@ class FedaugPipeline(DiffusionPipeline):
             kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
             pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if local and pipe.config.class_names is None and pipe.unet.config.num_class_embeds:
-            names = read_class_names(folder, pipe.unet.config.num_class_embeds)
+            names = read_class_names(folder, pipe.num_classes)
             if not all(n == str(i) for i, n in enumerate(names)):
                 pipe.register_to_config(class_names=names)
         return pipe
+
+    @property
+    def num_classes(self) -> int:
+        """The model's classes (its class embeddings less the null class)."""
+        return (self.unet.config.num_class_embeds or 1) - (self.null_label is not None)
+
+    @property
+    def null_label(self) -> int | None:
+        """The null class's label (classifier-free guidance), ``None`` where there is none."""
+        return self.config.get("null_label")
 
     @property
     def class_names(self) -> list[str]:
         """One name per class (``"0"``, ``"1"``, ... when the model has none)."""
         if self.config.class_names is not None:
             return list(self.config.class_names)
-        return [str(i) for i in range(self.unet.config.num_class_embeds or 1)]
+        return [str(i) for i in range(self.num_classes)]
 
     def get_label_ids(self, label: int | str | Sequence[int | str]) -> list[int]:
         """Class indices of class names or indices (as diffusers' ``DiTPipeline``)."""
@@ -244,6 +281,7 @@ class FedaugPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        guidance_scale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate one image per class label.
 
@@ -260,6 +298,9 @@ class FedaugPipeline(DiffusionPipeline):
             ``"pt"`` (float tensor N, C, H, W in [0, 1]).
         return_dict : bool (default: True)
             Return an ``ImagePipelineOutput`` (else the tuple ``(images,)``).
+        guidance_scale : float, optional
+            Classifier-free guidance scale (1: none); default: the model's own
+            (``pipe.config.guidance_scale``). Needs a model trained with a null class.
 
         Examples
         --------
@@ -274,6 +315,12 @@ class FedaugPipeline(DiffusionPipeline):
         elif isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.flatten().tolist()
         labels = self.get_label_ids(class_labels)
+        if guidance_scale is None:
+            guidance_scale = self.config.get("guidance_scale", 1.0)
+        if guidance_scale != 1.0 and self.null_label is None:
+            raise ConfigError("This model has no null class, so it samples without guidance "
+                              "(guidance_scale 1).", value=guidance_scale,
+                              fix="Train with run config label-dropout > 0 to use guidance.")
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         device = self._execution_device
@@ -283,7 +330,8 @@ class FedaugPipeline(DiffusionPipeline):
                         torch.tensor(labels, dtype=torch.long, device=device),
                         prediction_type=self.config.prediction_type,
                         num_inference_steps=num_inference_steps, generator=generator,
-                        progress=self.progress_bar)
+                        progress=self.progress_bar, guidance_scale=guidance_scale,
+                        null_label=self.null_label)
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()

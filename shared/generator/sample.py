@@ -31,6 +31,8 @@ def sample_images(
     sampler: str = "ddim",
     chunk: int = 256,
     progress: bool = False,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
 ) -> torch.Tensor:
     """Generate one image per label; returns float images (N, C, H, W) in [-1, 1].
 
@@ -38,7 +40,9 @@ def sample_images(
     full ancestral DDPM chain (the slow reference). Labels go through in chunks of ``chunk``,
     each denoised by :func:`fedaug.generator.pipeline.denoise` (the loop
     ``FedaugPipeline`` runs); ``progress`` shows a tqdm bar of the denoising steps of all
-    chunks on stderr.
+    chunks on stderr. ``guidance_scale`` and ``null_label``: classifier-free guidance (see
+    :func:`~fedaug.generator.pipeline.denoise`; a model's own are its
+    :class:`~fedaug.generator.model.GeneratorConfig`'s).
     """
     device = next(unet.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -64,7 +68,8 @@ def sample_images(
             noise = torch.randn((len(y), channels, size, size), generator=gen, device=device)
             x = denoise(unet, sched, noise, y, prediction_type=scheduler.config.prediction_type,
                         num_inference_steps=steps, generator=gen,
-                        progress=None if bar is None else partial(_counted, bar=bar))
+                        progress=None if bar is None else partial(_counted, bar=bar),
+                        guidance_scale=guidance_scale, null_label=null_label)
             out.append(x.clamp(-1, 1))
     finally:
         unet.train(was_training)
@@ -150,7 +155,8 @@ def write_sample_grid(model_dir: str | Path, png: str | Path, *, per_class: int 
     unet, scheduler, config = load_generator(model_dir)
     labels = [c for c in range(config.num_classes) for _ in range(per_class)]
     images = to_uint8(sample_images(unet, scheduler, labels, num_inference_steps=steps,
-                                    seed=seed))
+                                    seed=seed, guidance_scale=config.guidance_scale,
+                                    null_label=config.null_label))
     buf = io.BytesIO()
     make_grid(images, rows=config.num_classes, scale=max(1, 128 // config.image_size),
               row_labels=read_class_names(model_dir, config.num_classes)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from fedaug.config import UNIFORM_NOISE_LEVELS, parse_noise_levels
-from fedaug.generator.model import diffusion_target, forward_diffuse
+from fedaug.generator.model import diffusion_target, drop_labels, forward_diffuse
 from fedaug.generator.persample import PerExampleGrads, clip_factors
 from fedaug.privacy.noise import NoiseSource
 
@@ -238,6 +238,8 @@ def train_dp(
     progress: Callable[[int, float], None] | None = None,
     observe: Callable[[list[torch.Tensor]], None] | None = None,
     canaries: GradientCanaries | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> TrainOutcome:
     """Train ``unet`` in place with DP-SGD for exactly ``steps`` Poisson-sampled steps.
 
@@ -270,6 +272,10 @@ def train_dp(
         white-box privacy audit.
     canaries : GradientCanaries, optional
         The privacy audit's gradient canaries, sampled, clipped and noised with the records.
+    label_dropout, null_label : float, int, optional
+        Classifier-free guidance's training: each sampled example's label is replaced by
+        ``null_label`` with probability ``label_dropout`` (drawn from ``noise``); the
+        example still adds one clipped gradient, so the sensitivity is unchanged.
     """
     device = next(unet.parameters()).device
     if not 0 < sample_rate <= 1:
@@ -301,6 +307,7 @@ def train_dp(
                 batch_loss = float("nan")
             else:
                 draws = noise.generator(device)  # views, diffusion noise, timesteps
+                yb = drop_labels(yb, label_dropout, null_label, generator=draws)
                 b, k = xb.shape[0], noise_multiplicity
                 x0 = _draw_views(xb, k, augment, draws)
                 eps = torch.randn(x0.shape, generator=draws, device=device)
@@ -390,6 +397,8 @@ def train_nondp(
     seed: int = 0,
     chunk: int = 256,
     progress: Callable[[int, float], None] | None = None,
+    label_dropout: float = 0.0,
+    null_label: int | None = None,
 ) -> TrainOutcome:
     """The same objective without privacy (a baseline for benchmarks; never used by sites).
 
@@ -409,6 +418,7 @@ def train_nondp(
     for step in range(steps):
         idx = torch.randint(0, n, (batch_size,), generator=gen, device=device)
         xb, yb = images[idx].to(device), labels[idx].to(device)
+        yb = drop_labels(yb, label_dropout, null_label, generator=gen)
         b, k = xb.shape[0], noise_multiplicity
         x0 = _draw_views(xb, k, augment, gen).reshape(b * k, *xb.shape[1:])
         noise = torch.randn(x0.shape, generator=gen, device=device)

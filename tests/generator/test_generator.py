@@ -302,6 +302,85 @@ def test_sampler_returns_the_image_a_perfect_unet_predicts(prediction):
     torch.testing.assert_close(images, x0, atol=1e-3, rtol=0)
 
 
+class _GuidedOracle(_OracleUNet):
+    """A perfect UNet for image ``x0`` under every class label and ``x0_null`` under the
+    null label ``null``."""
+
+    def __init__(self, x0, x0_null, alphas, prediction, null):
+        super().__init__(x0, alphas, prediction)
+        self.x0_null, self.null = x0_null, null
+
+    def forward(self, x_t, t, class_labels=None):
+        a = self.alphas[t]
+        null = (class_labels == self.null).view(-1, 1, 1, 1)
+        x0 = torch.where(null, self.x0_null.repeat(2, 1, 1, 1)[:len(x_t)],
+                         self.x0.repeat(2, 1, 1, 1)[:len(x_t)])
+        noise = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return type("Out", (), {"sample": diffusion_target(self.prediction, x0, noise, a)})
+
+
+@pytest.mark.parametrize("prediction", PREDICTION_TYPES)
+def test_guided_sampler_lands_on_the_guided_combination(prediction):
+    # Prepare: the class-conditional answer x0 and the null label's answer x0_null
+    sched = build_train_scheduler(GeneratorConfig(image_size=8, channels=1, num_classes=1,
+                                                  prediction_type=prediction))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((3, 1, 8, 8), generator=g) * 0.8 - 0.4
+    x0_null = torch.rand((3, 1, 8, 8), generator=g) * 0.8 - 0.4
+    oracle = _GuidedOracle(x0, x0_null, sched.alphas_cumprod.float(), prediction, null=1)
+    # Execute: guidance 1.5 and no guidance
+    guided = sample_images(oracle, sched, [0, 0, 0], num_inference_steps=10, seed=0,
+                           guidance_scale=1.5, null_label=1)
+    plain = sample_images(oracle, sched, [0, 0, 0], num_inference_steps=10, seed=0,
+                          guidance_scale=1.0, null_label=1)
+    # Assert: u + w (c - u) at every step, so DDIM lands on it; w = 1 is the conditional model
+    torch.testing.assert_close(guided, x0_null + 1.5 * (x0 - x0_null), atol=1e-3, rtol=0)
+    torch.testing.assert_close(plain, x0, atol=1e-3, rtol=0)
+
+
+def test_label_dropout_config_needs_and_builds_a_null_class():
+    cfg = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16),
+                          label_dropout=0.1, guidance_scale=2.0)
+    assert cfg.null_label == 3
+    assert build_unet(cfg).config.num_class_embeds == 4
+    assert CFG.null_label is None and build_unet(CFG).config.num_class_embeds == 3
+    assert GeneratorConfig.from_flat(cfg.to_flat()) == cfg
+    with pytest.raises(ConfigError, match="needs a null class"):
+        GeneratorConfig(image_size=8, channels=1, num_classes=3, guidance_scale=2.0)
+    with pytest.raises(ConfigError, match="label_dropout must be in"):
+        GeneratorConfig(image_size=8, channels=1, num_classes=3, label_dropout=1.0)
+
+
+def test_drop_labels_replaces_a_fraction_with_the_null_label():
+    from fedaug.generator.model import drop_labels
+
+    labels = torch.randint(0, 3, (4000,), generator=torch.Generator().manual_seed(0))
+    out = drop_labels(labels, 0.25, 3, generator=torch.Generator().manual_seed(1))
+    dropped = out == 3
+    assert 0.22 < float(dropped.float().mean()) < 0.28
+    assert torch.equal(out[~dropped], labels[~dropped])
+    same = drop_labels(labels, 0.25, None, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(same, labels)
+
+
+def test_train_dp_trains_the_null_class_only_with_label_dropout():
+    cfg = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16),
+                          label_dropout=0.5)
+    images = torch.rand(40, 1, 8, 8) * 2 - 1
+    labels = torch.randint(0, 3, (40,))
+    rows = {}
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        unet, sched = build_unet(cfg), build_train_scheduler(cfg)
+        before = unet.class_embedding.weight.detach().clone()
+        train_dp(unet, sched, images, labels, steps=2, sample_rate=1.0, noise_multiplier=0.0,
+                 max_grad_norm=1.0, learning_rate=1e-2, expected_batch_size=40.0,
+                 noise=NoiseSource(), label_dropout=p, null_label=cfg.null_label)
+        rows[p] = (unet.class_embedding.weight.detach() - before).abs().sum(1)
+    assert float(rows[0.0][3]) == 0.0 and float(rows[0.5][3]) > 0.0
+    assert bool((rows[0.0][:3] > 0).all())
+
+
 def test_sample_shape_and_range():
     unet, sched = _model()
     x = sample_images(unet, sched, [0, 1, 2, 2], num_inference_steps=2, seed=0)
@@ -337,3 +416,22 @@ def test_generate_rejects_bad_label(tmp_path):
     save_generator(tmp_path / "m", unet, sched, CFG)
     with pytest.raises(ValueError, match="--label must be a class index in \\[0, 2\\]"):
         generate_to_folder(tmp_path / "m", tmp_path / "o", num_samples=2, label=7)
+
+
+def test_generate_refuses_guidance_without_a_null_class_and_guides_with_one(tmp_path):
+    unet, sched = _model()
+    save_generator(tmp_path / "m", unet, sched, CFG)
+    with pytest.raises(ConfigError, match="no null class"):
+        generate_to_folder(tmp_path / "m", tmp_path / "o", num_samples=2, guidance_scale=2.0)
+    cfg = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16),
+                          label_dropout=0.1, guidance_scale=2.0)
+    torch.manual_seed(0)
+    save_generator(tmp_path / "g", build_unet(cfg), build_train_scheduler(cfg), cfg)
+    from fedaug.generator.generate import generate
+
+    own, _, _ = generate(tmp_path / "g", num_samples=3, steps=2, progress=False)
+    plain, _, _ = generate(tmp_path / "g", num_samples=3, steps=2, progress=False,
+                           guidance_scale=1.0)
+    again, _, _ = generate(tmp_path / "g", num_samples=3, steps=2, progress=False,
+                           guidance_scale=2.0)
+    assert np.array_equal(own, again) and not np.array_equal(own, plain)

@@ -211,3 +211,37 @@ def test_save_generator_refuses_class_names_of_the_wrong_count(tmp_path):
     with pytest.raises(ConfigError, match="3 classes"):
         save_generator(tmp_path / "g", build_unet(cfg), build_train_scheduler(cfg), cfg,
                        class_names=["a", "b"])
+
+
+def test_a_model_with_a_null_class_samples_guided_by_default(tmp_path):
+    # Prepare: a model trained with label dropout (a null class) and guidance 2 as its default
+    cfg = GeneratorConfig(image_size=8, channels=1, num_classes=3, block_out_channels=(8, 16),
+                          label_dropout=0.1, guidance_scale=2.0)
+    torch.manual_seed(0)
+    unet, sched = build_unet(cfg), build_train_scheduler(cfg)
+    save_generator(tmp_path / "global", unet, sched, cfg, class_names=NAMES)
+    # Execute
+    pipe = FedaugPipeline.from_pretrained(tmp_path / "global")
+    pipe.set_progress_bar_config(disable=True)
+    default = pipe(class_labels=[0, 2], num_inference_steps=3, output_type="pt",
+                   generator=torch.Generator().manual_seed(1)).images
+    plain = pipe(class_labels=[0, 2], num_inference_steps=3, output_type="pt",
+                 generator=torch.Generator().manual_seed(1), guidance_scale=1.0).images
+    # Assert: three classes (the null class is not one), the model's guidance by default,
+    # the same loop as sample_images
+    assert pipe.class_names == NAMES and pipe.num_classes == 3 and pipe.null_label == 3
+    assert pipe.config.guidance_scale == 2.0
+    assert not torch.allclose(default, plain)
+    ref = sample_images(unet, sched, [0, 2], num_inference_steps=3, seed=1,
+                        guidance_scale=2.0, null_label=3)
+    torch.testing.assert_close(default, (ref + 1) / 2, atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="Class label 3"):
+        pipe(class_labels=[3], num_inference_steps=2)
+
+
+def test_a_model_without_a_null_class_refuses_guidance(tmp_path):
+    folder, _, _ = _saved(tmp_path)
+    pipe = FedaugPipeline.from_pretrained(folder)
+    assert pipe.null_label is None and pipe.config.guidance_scale == 1.0
+    with pytest.raises(ConfigError, match="no null class"):
+        pipe(class_labels=[0], num_inference_steps=2, guidance_scale=2.0)
