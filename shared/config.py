@@ -325,6 +325,13 @@ class RunConfig(_Settings):
                                     hi=64, kind=int)
     warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the warm start's images",
                                    lo=0, kind=int)
+    label_dropout: float | str = _opt(AUTO, "classifier-free guidance: the probability with "
+                                      "which each training example's label is replaced by a "
+                                      "null class (sites and the warm start alike; 0 = no "
+                                      "null class)", lo=0.0, hi=0.99, kind=float)
+    guidance_scale: float | str = _opt(AUTO, "classifier-free guidance scale the published "
+                                       "model samples with, u + w (c - u) (1 = none; needs "
+                                       "label-dropout > 0)", lo=0.0, hi=100.0, kind=float)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
     server_threads: int = _opt(0, "torch threads of a deployed ServerApp (0 = torch's "

@@ -46,7 +46,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,8 @@ class DPTrainingPlan:
     augment: bool = False
     rounds: int = 1
     budget: float | None = None
+    label_dropout: float = 0.0
+    null_label: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -292,7 +294,8 @@ def site_generator(run: RunConfig, data: ImageDataset, model_dir: str | Path | N
     config = GeneratorConfig(image_size=h, channels=c, num_classes=data.num_classes,
                              block_out_channels=run.channels_tuple,
                              layers_per_block=run.layers_per_block,
-                             prediction_type=run.prediction_type)
+                             prediction_type=run.prediction_type,
+                             label_dropout=run.label_dropout)
     torch.manual_seed(run.seed)
     return build_unet(config), build_train_scheduler(config), config
 
@@ -470,7 +473,8 @@ def _train(unet: Any, scheduler: Any, x: torch.Tensor, y: torch.Tensor, plan: DP
                     expected_batch_size=plan.expected_batch_size, noise=noise,
                     noise_multiplicity=plan.noise_multiplicity,
                     noise_levels=plan.noise_levels, augment=augment, observe=observe,
-                    canaries=canaries)
+                    canaries=canaries, label_dropout=plan.label_dropout,
+                    null_label=plan.null_label)
 
 
 # --- white-box gradient canaries ---------------------------------------------------------------
@@ -882,11 +886,14 @@ def run_dp_audit_command(args: Any) -> int:
                         num_sites=num_sites if args.site is not None else None,
                         max_records=args.max_records)
     run = resolve_for_data(run, data)
-    unet, scheduler, _ = site_generator(run, data, args.model)
+    unet, scheduler, config = site_generator(run, data, args.model)
     history = site_release_history(run, epsilon=args.epsilon, delta=args.delta)
     plan = plan_site_training(run, len(data), epsilon=args.epsilon, delta=args.delta,
                               rounds=args.rounds, noise_multiplier=args.noise_multiplier,
                               sample_rate=args.sample_rate, steps=args.steps, history=history)
+    # the loss the sites train, with the generator's null class (its sensitivity is the same)
+    plan = replace(plan, label_dropout=config.label_dropout,
+                               null_label=config.null_label)
     log.info("auditing %d records: sigma %.3f, q %.4f, %d steps, C %g, accounted epsilon %.3f",
              len(data), plan.noise_multiplier, plan.sample_rate, plan.steps,
              plan.max_grad_norm, plan.accounted_epsilon())

@@ -93,7 +93,29 @@ RULES: tuple[Rule, ...] = (
          "pretraining on draws from the classes' DP low-resolution spread, not on one "
          "central image per class, beat the central images alone on 28x28 films at epsilon "
          "10 and at epsilon 1 (validation data); not measured at 8x8"),
+    Rule("label-dropout", lambda f, run: 0.1 if _guided(f, run) else 0.0,
+         "0.1 above 16 px at epsilon > 1 (or where guidance-scale is given), else 0",
+         "trains a null class for classifier-free guidance; on 28x28 films at epsilon 10 "
+         "(validation data, six data seeds) it kept AUC and balanced accuracy and, with "
+         "guidance 2, halved the Frechet distance to the real films; not measured at "
+         "epsilon <= 1; at 8x8 guidance lost"),
+    Rule("guidance-scale", lambda f, run: 2.0 if _guided(f, run) and run.label_dropout != 0
+         else 1.0,
+         "2 where label-dropout is above 0 by the rule above, else 1 (no guidance)",
+         "28x28 films at epsilon 10, validation: synthetic films nearer the real ones "
+         "(Frechet distance 0.3-1.2 against 1.5-2.7), the two classes' recalls nearer each "
+         "other, TSTR accuracy 4 points higher at the same AUC and balanced accuracy; 3 "
+         "called too many films pneumonia; at 8x8 (digits) 2 lost 8 points"),
 )
+
+
+def _guided(facts: RecipeFacts, run: RunConfig) -> bool:
+    """Classifier-free guidance by the rules: above 16 px at epsilon > 1, or where a
+    guidance scale other than 1 is given (it needs the null class)."""
+    given = run.guidance_scale
+    if given != AUTO:
+        return given != 1.0
+    return facts.epsilon > 1 and not facts.small
 
 
 def resolve_recipe(run: RunConfig, facts: RecipeFacts) -> tuple[RunConfig, dict[str, Any]]:
@@ -144,7 +166,8 @@ def resolve_run(run: RunConfig) -> tuple[RunConfig, GeneratorConfig, tuple[str, 
     cfg = GeneratorConfig(image_size=size, channels=channels, num_classes=len(names),
                           block_out_channels=run.channels_tuple,
                           layers_per_block=run.layers_per_block,
-                          prediction_type=run.prediction_type)
+                          prediction_type=run.prediction_type,
+                          label_dropout=run.label_dropout, guidance_scale=run.guidance_scale)
     return run, cfg, names, chosen
 
 

@@ -56,7 +56,7 @@ def test_explicit_keys_are_never_changed():
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
         ("sample", 64, 3, 0)
     assert set(chosen) == {"local-epochs", "local-steps", "noise-levels", "warmup-spread",
-                           "warmup-steps"}
+                           "warmup-steps", "label-dropout", "guidance-scale"}
     assert all(chosen[k]["rule"] for k in chosen)
 
 
@@ -108,3 +108,24 @@ def test_films_train_on_higher_noise_levels_and_digits_on_uniform_timesteps():
     for bad in ("normal", "lognormal:0.5", "lognormal:x:1", "lognormal:0:0", "lognormal:0:-1"):
         with pytest.raises(ConfigError, match="noise-levels must be 'uniform' or"):
             RunConfig.from_mapping({"noise-levels": bad}, source="test")
+
+
+def test_films_above_epsilon_one_train_a_null_class_and_sample_guided():
+    films_eps1 = RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=1.0)
+    assert (_resolved(FILMS).label_dropout, _resolved(FILMS).guidance_scale) == (0.1, 2.0)
+    assert (_resolved(DIGITS).label_dropout, _resolved(DIGITS).guidance_scale) == (0.0, 1.0)
+    assert (_resolved(films_eps1).label_dropout, _resolved(films_eps1).guidance_scale) == \
+        (0.0, 1.0)
+    # no null class: no guidance; a given guidance scale gets its null class
+    off = _resolved(FILMS, **{"label-dropout": 0})
+    assert (off.label_dropout, off.guidance_scale) == (0.0, 1.0)
+    given = _resolved(DIGITS, **{"guidance-scale": 1.5})
+    assert (given.label_dropout, given.guidance_scale) == (0.1, 1.5)
+    assert _resolved(FILMS, **{"guidance-scale": 1}).label_dropout == 0.0
+    # the generator carries both, to the sites and into the saved model
+    run = RunConfig.from_mapping({"label-dropout": 0.2, "guidance-scale": 3}, source="t")
+    gen = resolve_run(run)[1]
+    assert (gen.label_dropout, gen.guidance_scale, gen.null_label) == (0.2, 3.0, 10)
+    with pytest.raises(ConfigError, match="needs a null class"):
+        resolve_run(RunConfig.from_mapping({"label-dropout": 0, "guidance-scale": 2},
+                                           source="t"))

@@ -40,8 +40,12 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     # the automatic recipe filled the keys TINY leaves open, and the card says which
     assert card["prediction-type"] == "edm"
     assert set(card["recipe-auto"]) == {"prediction-type", "local-epochs", "noise-levels",
-                                        "warmup-size", "warmup-spread"}
+                                        "warmup-size", "warmup-spread", "label-dropout",
+                                        "guidance-scale"}
     assert card["recipe-auto"]["warmup-spread"]["value"] == 0  # 8x8 images: off
+    # no null class and no guidance at 8x8: the UNet has one embedding per class
+    assert card["recipe-auto"]["label-dropout"]["value"] == 0.0
+    assert card["recipe-auto"]["guidance-scale"]["value"] == 1.0
     # (TINY gives warmup-steps, batch-size and local-steps; the test gives the rounds)
     assert card["train-settings"]["local-epochs"] == 0.0  # local-steps was given
     assert card["train-settings"]["local-steps"] == 2
