@@ -892,8 +892,7 @@ def run_dp_audit_command(args: Any) -> int:
                               rounds=args.rounds, noise_multiplier=args.noise_multiplier,
                               sample_rate=args.sample_rate, steps=args.steps, history=history)
     # the loss the sites train, with the generator's null class (its sensitivity is the same)
-    plan = replace(plan, label_dropout=config.label_dropout,
-                               null_label=config.null_label)
+    plan = replace(plan, label_dropout=config.label_dropout, null_label=config.null_label)
     log.info("auditing %d records: sigma %.3f, q %.4f, %d steps, C %g, accounted epsilon %.3f",
              len(data), plan.noise_multiplier, plan.sample_rate, plan.steps,
              plan.max_grad_norm, plan.accounted_epsilon())

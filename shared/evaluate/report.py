@@ -79,9 +79,7 @@ def _sample(model_dir: str | Path, labels: np.ndarray, *, steps: int, seed: int,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     unet, scheduler, config = load_generator(model_dir)
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
-                                    seed=seed, progress=progress,
-                                    guidance_scale=config.guidance_scale,
-                                    null_label=config.null_label))
+                                    seed=seed, progress=progress, **config.guidance))
     return images, labels.astype(np.int64)
 
 

@@ -77,10 +77,6 @@ def generate(model_dir: str | Path, *, num_samples: int, label: int | None = Non
     unet, scheduler, config = load_generator(model_dir)
     if guidance_scale is None:
         guidance_scale = config.guidance_scale
-    if guidance_scale != 1.0 and config.null_label is None:
-        raise ConfigError("This model has no null class, so it samples without guidance.",
-                          value=guidance_scale, fix="Leave --guidance-scale out (or pass 1); "
-                          "train with run config label-dropout > 0 to use guidance.")
     names = read_class_names(model_dir, config.num_classes)
     if num_samples < 1:
         raise ConfigError("--num-samples must be at least 1.", value=num_samples)

@@ -121,6 +121,13 @@ class GeneratorConfig:
         """The null class's label (``num_classes``) where the model has one, else ``None``."""
         return self.num_classes if self.label_dropout > 0 else None
 
+    @property
+    def guidance(self) -> dict[str, Any]:
+        """The model's own classifier-free guidance, as keyword arguments of
+        :func:`~fedaug.generator.sample.sample_images` and
+        :func:`~fedaug.generator.pipeline.denoise`."""
+        return {"guidance_scale": self.guidance_scale, "null_label": self.null_label}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["block_out_channels"] = list(self.block_out_channels)

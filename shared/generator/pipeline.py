@@ -85,9 +85,15 @@ def denoise(
     With a ``null_label`` and ``guidance_scale`` other than 1 (classifier-free guidance),
     the UNet also predicts for the null label in the same batch and the output is
     ``u + guidance_scale * (c - u)``; every prediction type's denoised image is affine in
-    the output with weights summing to one, so guiding the output guides the image.
+    the output with weights summing to one, so guiding the output guides the image. A
+    ``guidance_scale`` other than 1 without a ``null_label`` is refused.
     """
-    guided = null_label is not None and guidance_scale != 1.0
+    guided = guidance_scale != 1.0
+    if guided and null_label is None:
+        raise ConfigError(f"Guidance scale {guidance_scale:g} needs a model with a null class; "
+                          "this model has no null class, so it samples at 1.",
+                          value=guidance_scale, fix="Leave the guidance scale out (or pass 1); "
+                          "train with run config label-dropout > 0 to use guidance.")
     wanted = scheduler_prediction_type(prediction_type)
     if scheduler.config.get("prediction_type") != wanted:
         scheduler = type(scheduler).from_config(scheduler.config, prediction_type=wanted)
@@ -317,10 +323,6 @@ class FedaugPipeline(DiffusionPipeline):
         labels = self.get_label_ids(class_labels)
         if guidance_scale is None:
             guidance_scale = self.config.get("guidance_scale", 1.0)
-        if guidance_scale != 1.0 and self.null_label is None:
-            raise ConfigError("This model has no null class, so it samples without guidance "
-                              "(guidance_scale 1).", value=guidance_scale,
-                              fix="Train with run config label-dropout > 0 to use guidance.")
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         device = self._execution_device

@@ -155,8 +155,7 @@ def write_sample_grid(model_dir: str | Path, png: str | Path, *, per_class: int 
     unet, scheduler, config = load_generator(model_dir)
     labels = [c for c in range(config.num_classes) for _ in range(per_class)]
     images = to_uint8(sample_images(unet, scheduler, labels, num_inference_steps=steps,
-                                    seed=seed, guidance_scale=config.guidance_scale,
-                                    null_label=config.null_label))
+                                    seed=seed, **config.guidance))
     buf = io.BytesIO()
     make_grid(images, rows=config.num_classes, scale=max(1, 128 // config.image_size),
               row_labels=read_class_names(model_dir, config.num_classes)

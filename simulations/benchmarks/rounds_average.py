@@ -70,9 +70,7 @@ def measure(model: Path, train, held_out, *, seed: int, steps: int, real_clf) ->
     labels, _ = model_labels(model, SAMPLES_PER_CLASS * k, k, "prior")
     unet, scheduler, config = load_generator(model)
     images = to_uint8(sample_images(unet, scheduler, labels.tolist(), num_inference_steps=steps,
-                                    guidance_scale=config.guidance_scale,
-                                    null_label=config.null_label,
-                                    seed=seed))
+                                    seed=seed, **config.guidance))
     clf = train_classifier(images, labels.astype(np.int64), num_classes=k, seed=seed, epochs=8)
     r = classification_report(clf, held_out.images, held_out.labels)
     fid = fidelity_report(real_clf, held_out.images, held_out.labels, images, labels)
