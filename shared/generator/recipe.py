@@ -99,7 +99,7 @@ RULES: tuple[Rule, ...] = (
          "trains a null class for classifier-free guidance; on 28x28 films at epsilon 10 "
          "(validation data, six data seeds) it kept AUC and balanced accuracy and, with "
          "guidance 2, halved the Frechet distance to the real films; 0.2 lost to 0.1; "
-         "at epsilon 1 it lost 2-3 points of accuracy and 1-2 of AUC at every guidance "
+         "at epsilon 1 it lost 2-3 points of accuracy and 1-2.5 of AUC at every guidance "
          "scale; at 8x8 guidance lost; on colour-mapped (RGB) BreastMNIST it lost 9 "
          "points of AUC"),
     Rule("guidance-scale", lambda f, run: 2.0 if _guided(f, run) and run.label_dropout != 0
