@@ -44,15 +44,15 @@ def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, s
 
 
 def test_rgb_images_follow_the_same_rules_without_guidance():
-    rgb = _resolved(RecipeFacts(image_size=28, channels=3, num_classes=5, epsilon=10.0))
+    rgb_facts = RecipeFacts(image_size=28, channels=3, num_classes=5, epsilon=10.0)
+    rgb = _resolved(rgb_facts)
     # colour-mapped BreastMNIST lost AUC with guidance (validation): no null class for RGB
     assert (rgb.label_dropout, rgb.guidance_scale) == (0.0, 1.0)
     guided = {"label-dropout", "guidance-scale"}
     assert {k: v for k, v in rgb.to_mapping().items() if k not in guided} == \
         {k: v for k, v in _resolved(FILMS).to_mapping().items() if k not in guided}
     # a given guidance scale still gets its null class in RGB
-    given = _resolved(RecipeFacts(image_size=28, channels=3, num_classes=5, epsilon=10.0),
-                      **{"guidance-scale": 2})
+    given = _resolved(rgb_facts, **{"guidance-scale": 2})
     assert (given.label_dropout, given.guidance_scale) == (0.1, 2.0)
 
 
