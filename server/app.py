@@ -39,7 +39,12 @@ from fedaug.server.checkpoint import (
     write_global,
 )
 from fedaug.server.strategy import FedAugStrategy, RoundSummary
-from fedaug.server.warmup import class_prior, collect_central_images, pretrain_on_central_images
+from fedaug.server.warmup import (
+    class_prior,
+    collect_central_images,
+    pretrain_on_central_images,
+    pretrain_on_public_images,
+)
 
 __all__ = ["app", "main", "run_server", "load_policy"]
 
@@ -202,6 +207,7 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         aggregation=run.aggregation,
         max_update_norm=run.max_update_norm,
         ema_decay=run.ema_decay,
+        server_momentum=run.server_momentum,
         on_round=on_round,
         seed=run.seed,
         wait_for_sites_s=wait_for_sites_s,
@@ -233,8 +239,19 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
         strategy.resume_from(resumed["strategy"])
         log.info("resuming after round %d of %d from %s", strategy.round_offset,
                  run.num_server_rounds, out / "server" / STATE_FILE)
-    elif run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
-        initial = _warm_start(grid, run, gen_config, unet, run_id, out, strategy)
+    else:
+        if run.public_steps > 0:
+            t0 = time.perf_counter()
+            loss = pretrain_on_public_images(
+                unet, build_train_scheduler(gen_config), steps=run.public_steps,
+                image_size=gen_config.image_size, channels=gen_config.channels,
+                num_classes=gen_config.num_classes, seed=run.seed)
+            initial = ArrayRecord(unet.state_dict())
+            log.info("public pretraining: %d steps on patches of scikit-learn's sample "
+                     "photographs (no site data; loss %.4f) in %.0fs", run.public_steps, loss,
+                     time.perf_counter() - t0)
+        if run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
+            initial = _warm_start(grid, run, gen_config, unet, run_id, out, strategy)
     remaining = run.num_server_rounds - strategy.round_offset
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=max(remaining, 0),
                             train_config=train_config, timeout=run.round_timeout_s)

@@ -93,6 +93,10 @@ class FedAugStrategy(FedAvg):
     ema_decay : float (default: 0.0)
         EMA of the global weights over rounds for the published model (0 = off). Post-
         processing: it costs no privacy.
+    server_momentum : float (default: 0.0)
+        FedAvgM: the server keeps ``m = beta m + (aggregate - global)`` over rounds and moves
+        the global model by ``m`` instead of the round's update alone (0 = plain FedAvg).
+        Post-processing of the sites' released parameters: it costs no privacy.
     on_round : callable, optional
         ``on_round(summary, published_arrays, strategy)`` after each aggregated round
         (the server app writes the checkpoint there).
@@ -121,6 +125,7 @@ class FedAugStrategy(FedAvg):
     def __init__(self, *, policy: Policy, min_sites: int = 2, fraction_train: float = 1.0,
                  aggregation: str = "mean", max_update_norm: float = 1000.0,
                  ema_decay: float = 0.0,
+                 server_momentum: float = 0.0,
                  on_round: Callable[[RoundSummary, ArrayRecord, FedAugStrategy], None] | None = None,
                  seed: int = 0, wait_for_sites_s: float = 0.0,
                  transfer_dtype: str = "float32", central_noise_multiplier: float = 0.0,
@@ -137,6 +142,9 @@ class FedAugStrategy(FedAvg):
         self.aggregation = aggregation
         self.max_update_norm = max_update_norm
         self.ema_decay = ema_decay
+        if not 0.0 <= server_momentum < 1.0:
+            raise ValueError(f"server_momentum must lie in [0, 1), got {server_momentum!r}")
+        self.server_momentum = server_momentum
         self.on_round = on_round
         self.wait_for_sites_s = wait_for_sites_s
         self.transfer_dtype = transfer_dtype
@@ -154,6 +162,7 @@ class FedAugStrategy(FedAvg):
         self._rng = random.Random(seed)
         self._current: ArrayRecord | None = None
         self._ema: dict[str, np.ndarray] | None = None
+        self._momentum: dict[str, np.ndarray] | None = None
         self.published: ArrayRecord | None = None
         #: class proportions from the warm-up's noised class counts (None without a warm start)
         self.class_prior: list[float] | None = None
@@ -280,6 +289,7 @@ class FedAugStrategy(FedAvg):
             arrays = self._central_dp_aggregate(records, server_round)
         else:
             arrays = aggregate_arrays(records, weights, rule=self.aggregation)
+        arrays = self._apply_momentum(arrays)
         metrics = MetricRecord({keys.NUM_EXAMPLES: float(sum(weights))})
         self.policy = aggregate_policies([p for _, p, _ in good], weights)
         summary.update_norm = _distance(arrays, self._current)
@@ -305,6 +315,25 @@ class FedAugStrategy(FedAvg):
                                        round=server_round, release="central-update")
         return arrays
 
+    def _apply_momentum(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global model after this round: the aggregate itself, or (FedAvgM) the
+        current global model moved by the momentum of the aggregates' updates."""
+        if self.server_momentum <= 0 or self._current is None:
+            return arrays
+        beta, moved = self.server_momentum, {}
+        momentum = self._momentum or {}
+        for name in arrays.keys():
+            new = arrays[name].numpy()
+            if not np.issubdtype(new.dtype, np.floating):
+                moved[name] = Array(new)
+                continue
+            current = self._current[name].numpy().astype(np.float64)
+            m = beta * momentum.get(name, 0.0) + (new.astype(np.float64) - current)
+            momentum[name] = m
+            moved[name] = Array((current + m).astype(new.dtype))
+        self._momentum = momentum
+        return ArrayRecord(moved)
+
     def _update_ema(self, arrays: ArrayRecord) -> ArrayRecord:
         if self.ema_decay <= 0:
             return arrays
@@ -325,6 +354,7 @@ class FedAugStrategy(FedAvg):
             "sites": {str(n): vars(r) for n, r in self.sites.items()},
             "exhausted": sorted(self.exhausted),
             "ema": self._ema,
+            "momentum": self._momentum,
             "class-prior": self.class_prior,
         }
 
@@ -335,6 +365,7 @@ class FedAugStrategy(FedAvg):
         self.sites = {int(n): SiteRecord(**r) for n, r in state["sites"].items()}
         self.exhausted = {int(n) for n in state["exhausted"]}
         self._ema = state.get("ema")
+        self._momentum = state.get("momentum")
         self.class_prior = state.get("class-prior")
 
     def site_cards(self) -> list[dict[str, Any]]:

@@ -16,11 +16,12 @@ from flwr.serverapp import Grid
 from fedaug import keys
 from fedaug.augment.functional import gaussian_kernel1d
 from fedaug.generator import train_nondp
+from fedaug.generator.public import public_images
 from fedaug.generator.spread import MIN_COUNT, draw_images, spread_components
 
 __all__ = ["BLUR_WIDTHS", "PRETRAIN_JITTER", "SPREAD_POOL", "CentralImages", "WarmupReply",
            "class_prior", "collect_central_images", "denoise_central_images",
-           "pretrain_on_central_images"]
+           "pretrain_on_central_images", "pretrain_on_public_images"]
 
 log = logging.getLogger("fedaug.server")
 
@@ -242,3 +243,22 @@ def pretrain_on_central_images(unet: UNet2DModel, scheduler: DDPMScheduler, mean
         if bar is not None:
             bar.close()
     return outcome.loss
+
+
+#: Public patches drawn once for the public pretraining.
+PUBLIC_POOL = 4096
+
+
+def pretrain_on_public_images(unet: UNet2DModel, scheduler: DDPMScheduler, *, steps: int,
+                              image_size: int, channels: int, num_classes: int,
+                              seed: int = 0) -> float:
+    """Train on patches of public photographs (:func:`fedaug.generator.public.public_images`)
+    before the warm start; returns the mean loss. No site's data is used: it costs no
+    privacy. Each patch gets one of the real classes uniformly at random, so no class learns
+    anything of its own from them; the null class of classifier-free guidance (where the
+    model has one) is left to the sites' data, since guidance steers away from it."""
+    x = public_images(PUBLIC_POOL, size=image_size, channels=channels, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, num_classes, (len(x),), generator=gen)
+    return train_nondp(unet, scheduler, x, y, steps=steps, batch_size=128,
+                       learning_rate=2e-3, seed=seed).loss

@@ -323,6 +323,10 @@ class RunConfig(_Settings):
                                     "what the class sums alone may); the pretraining then "
                                     "draws varied images, not one per class (0 = off)", lo=0,
                                     hi=64, kind=int)
+    public_steps: int | str = _opt(AUTO, "server pretraining steps on patches of public "
+                                   "photographs (scikit-learn's sample images) before the "
+                                   "warm start; no site data, no privacy cost (0 = off)",
+                                   lo=0, kind=int)
     warmup_steps: int | str = _opt(AUTO, "server pretraining steps on the warm start's images",
                                    lo=0, kind=int)
     label_dropout: float | str = _opt(AUTO, "classifier-free guidance: the probability with "
@@ -334,6 +338,10 @@ class RunConfig(_Settings):
                                        "label-dropout > 0)", lo=0.0, hi=100.0, kind=float)
     ema_decay: float = _opt(0.9, "server-side EMA of the global weights over rounds (0 = off)",
                             lo=0.0, hi=0.9999)
+    server_momentum: float = _opt(0.0, "server momentum on the sites' mean update (FedAvgM): "
+                                  "m = beta m + (mean - global), global += m (0 = plain "
+                                  "FedAvg; post-processing, no privacy cost)", lo=0.0,
+                                  hi=0.99)
     server_threads: int = _opt(0, "torch threads of a deployed ServerApp (0 = torch's "
                                "default; 1 where it shares the machine with other processes)",
                                lo=0, hi=1024)

@@ -29,6 +29,7 @@ TINY = {
     "sample-steps": 2,
     "samples-per-class": 2,
     "warmup-steps": 5,
+    "public-steps": 5,
 }
 
 

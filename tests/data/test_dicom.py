@@ -215,7 +215,7 @@ def test_fedaug_simulate_runs_end_to_end_on_a_dicom_folder(tmp_path, xrays):
     code = main(["simulate", "--data", str(tmp_path / "dicom"), "--labels", str(csv),
                  "--sites", "2", "--rounds", "1", "--out", str(out), "--no-progress",
                  "--set", "model-channels=8,16", "--set", "image-size=28",
-                 "--set", "warmup-steps=5", "--set", "sample-steps=2",
+                 "--set", "warmup-steps=5", "--set", "public-steps=5", "--set", "sample-steps=2",
                  "--set", "samples-per-class=2", "--set", "batch-size=16"])
 
     # Assert: a global model of the two named classes, trained by both sites

@@ -26,29 +26,32 @@ def test_small_images_get_the_digits_recipe():
     run = _resolved(DIGITS)
     assert run.auto_keys == ()
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size,
-            run.warmup_steps, run.warmup_spread) == ("edm", 4096, 60, 0, 1000, 0)
+            run.warmup_steps, run.warmup_spread, run.public_steps) == (
+        "edm", 4096, 60, 0, 1000, 0, 0)
     # one full-batch step per round, as the digits study's recipe takes
     assert run.train_settings().steps_per_round(1.0) == 1
 
 
-@pytest.mark.parametrize(("epsilon", "warmup_size", "spread"), [(10.0, 0, 8), (1.0, 14, 8)])
-def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, spread):
+@pytest.mark.parametrize(("epsilon", "warmup_size", "spread", "public"),
+                         [(10.0, 0, 8, 600), (1.0, 14, 8, 0)])
+def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, spread, public):
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
-            run.warmup_size, run.warmup_steps, run.warmup_spread) == (
-        "edm", 512, 1.0, 20, warmup_size, 300, spread)
+            run.warmup_size, run.warmup_steps, run.warmup_spread, run.public_steps) == (
+        "edm", 512, 1.0, 20, warmup_size, 300, spread, public)
     # a 3,083-film site takes about one pass of ~512-film steps per round, a 44-film site one
     settings = run.train_settings()
     assert settings.steps_per_round(512 / 3083) == math.ceil(3083 / 512)
     assert settings.steps_per_round(1.0) == 1
 
 
-def test_rgb_images_follow_the_same_rules_without_guidance():
+def test_rgb_images_follow_the_same_rules_without_guidance_or_public_pretraining():
     rgb_facts = RecipeFacts(image_size=28, channels=3, num_classes=5, epsilon=10.0)
     rgb = _resolved(rgb_facts)
-    # colour-mapped BreastMNIST lost AUC with guidance (validation): no null class for RGB
-    assert (rgb.label_dropout, rgb.guidance_scale) == (0.0, 1.0)
-    guided = {"label-dropout", "guidance-scale"}
+    # colour-mapped BreastMNIST lost AUC with guidance (validation): no null class for RGB;
+    # public pretraining was not measured in RGB: off there
+    assert (rgb.label_dropout, rgb.guidance_scale, rgb.public_steps) == (0.0, 1.0, 0)
+    guided = {"label-dropout", "guidance-scale", "public-steps"}
     assert {k: v for k, v in rgb.to_mapping().items() if k not in guided} == \
         {k: v for k, v in _resolved(FILMS).to_mapping().items() if k not in guided}
     # a given guidance scale still gets its null class in RGB
@@ -64,7 +67,7 @@ def test_explicit_keys_are_never_changed():
     assert (run.prediction_type, run.batch_size, run.num_server_rounds, run.warmup_size) == \
         ("sample", 64, 3, 0)
     assert set(chosen) == {"local-epochs", "local-steps", "noise-levels", "warmup-spread",
-                           "warmup-steps", "label-dropout", "guidance-scale"}
+                           "warmup-steps", "public-steps", "label-dropout", "guidance-scale"}
     assert all(chosen[k]["rule"] for k in chosen)
 
 

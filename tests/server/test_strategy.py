@@ -101,6 +101,30 @@ def test_a_second_superlink_on_one_state_folder_is_refused(tmp_path):
         pass
 
 
+def test_server_momentum_moves_the_global_model_by_the_updates_momentum_and_resumes():
+    from fedaug.server.strategy import FedAugStrategy
+
+    def step(strategy, current, aggregate):
+        strategy._current = _records([current])[0]
+        return strategy._apply_momentum(_records([aggregate])[0])["w"].numpy()
+
+    # Prepare: two rounds whose sites' mean moves the model by +1, then by +2
+    strategy = FedAugStrategy(policy=Policy.default("image"), server_momentum=0.5)
+
+    # Execute / Assert: m = 1, then m = 0.5 * 1 + 2 = 2.5 (plain FedAvg would give 3)
+    np.testing.assert_allclose(step(strategy, [0.0], [1.0]), [1.0])
+    np.testing.assert_allclose(step(strategy, [1.0], [3.0]), [3.5])
+    # a restarted server continues with the same momentum
+    resumed = FedAugStrategy(policy=Policy.default("image"), server_momentum=0.5)
+    resumed.resume_from(strategy.checkpoint())
+    np.testing.assert_allclose(step(resumed, [3.5], [3.5]), [3.5 + 1.25])
+    # without momentum the aggregate is the model
+    plain = FedAugStrategy(policy=Policy.default("image"))
+    np.testing.assert_allclose(step(plain, [1.0], [3.0]), [3.0])
+    with pytest.raises(ValueError, match="server_momentum"):
+        FedAugStrategy(policy=Policy.default("image"), server_momentum=1.0)
+
+
 def test_class_prior_floors_noised_counts_and_normalises():
     from fedaug.server.warmup import class_prior
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -24,8 +25,9 @@ def _run(tmp_path, **extra) -> RunConfig:
                                    "num-server-rounds": 1, **extra}, source="test")
 
 
-def test_two_sites_one_round_end_to_end(tmp_path):
+def test_two_sites_one_round_end_to_end(tmp_path, caplog):
     # Prepare / Execute
+    caplog.set_level(logging.INFO, logger="fedaug")
     run = _run(tmp_path)
     strategy = simulate(run, num_sites=2, progress=False)
     out = tmp_path / "out"
@@ -46,7 +48,9 @@ def test_two_sites_one_round_end_to_end(tmp_path):
     # no null class and no guidance at 8x8: the UNet has one embedding per class
     assert card["recipe-auto"]["label-dropout"]["value"] == 0.0
     assert card["recipe-auto"]["guidance-scale"]["value"] == 1.0
-    # (TINY gives warmup-steps, batch-size and local-steps; the test gives the rounds)
+    # (TINY gives warmup-steps, public-steps, batch-size and local-steps; the test gives
+    # the rounds); the public pretraining ran, on no site's data
+    assert "public pretraining: 5 steps on patches of scikit-learn's sample" in caplog.text
     assert card["train-settings"]["local-epochs"] == 0.0  # local-steps was given
     assert card["train-settings"]["local-steps"] == 2
     Policy.from_dict(card["policy"])
