@@ -1,9 +1,10 @@
 """Public images for the server's first pretraining: patches of the photographs that ship with
 scikit-learn (``sklearn.datasets.load_sample_images``: a building in China and a flower).
 
-No site's data is involved, so training on them costs no privacy. They teach the UNet what
-denoising any image takes (edges, smooth regions, texture at every scale) before it sees the
-sites' DP releases, so DP-SGD's few steps can go to the sites' own images.
+No site's data is involved, so training on them costs no privacy. They are meant to teach the
+UNet what denoising any image takes (edges, smooth regions, texture at every scale) before it
+sees the sites' DP releases, so DP-SGD's few steps can go to the sites' own images: an idea,
+not a measurement; docs/dp-recipe.md ("Public pretraining") has what was measured.
 """
 
 from __future__ import annotations
