@@ -81,8 +81,8 @@ RULES: tuple[Rule, ...] = (
          "server pretraining on patches of public photographs (no site data, no budget) "
          "before the warm start: on 28x28 films at epsilon 10 (validation, six data "
          "seeds) it kept the AUC and raised the balanced accuracy 1 point at 4 points "
-         "less accuracy (recalls lean to the normal class), and on BreastMNIST raised "
-         "the AUC in every data seed; at epsilon 1 one data seed's model "
+         "less accuracy (recalls lean to the normal class); on BreastMNIST no AUC gain "
+         "over six data seeds; at epsilon 1 one data seed's model "
          "collapsed to one class (AUC 0.55); not measured at 8x8 or in RGB"),
     Rule("noise-levels", lambda f, run: FILM_NOISE_LEVELS if f.epsilon > 1 and not f.small
          else "uniform",
