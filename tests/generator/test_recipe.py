@@ -33,7 +33,7 @@ def test_small_images_get_the_digits_recipe():
 
 
 @pytest.mark.parametrize(("epsilon", "warmup_size", "spread", "public"),
-                         [(10.0, 0, 8, 600), (1.0, 14, 8, 0)])
+                         [(10.0, 0, 8, 300), (1.0, 14, 8, 0)])
 def test_films_get_the_recipe_measured_on_pneumoniamnist(epsilon, warmup_size, spread, public):
     run = _resolved(RecipeFacts(image_size=28, channels=1, num_classes=2, epsilon=epsilon))
     assert (run.prediction_type, run.batch_size, run.local_epochs, run.num_server_rounds,
