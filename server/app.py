@@ -74,6 +74,23 @@ def load_policy(spec: str) -> Policy:
     return Policy.from_json(path.read_text(encoding="utf-8"))
 
 
+def _public_pretrain(run: RunConfig, gen_config: GeneratorConfig, unet: Any) -> ArrayRecord:
+    """Pretrain ``unet`` in place on patches of public photographs; return its arrays.
+
+    Reads no site's data and sends nothing, so it spends no budget; its draws (which
+    patch, which step) use the run seed, as the model's initialisation does.
+    """
+    t0 = time.perf_counter()
+    loss = pretrain_on_public_images(
+        unet, build_train_scheduler(gen_config), steps=run.public_steps,
+        image_size=gen_config.image_size, channels=gen_config.channels,
+        num_classes=gen_config.num_classes, seed=run.seed)
+    log.info("public pretraining: %d steps on patches of scikit-learn's sample "
+             "photographs (no site data; loss %.4f) in %.0fs", run.public_steps, loss,
+             time.perf_counter() - t0)
+    return ArrayRecord(unet.state_dict())
+
+
 def _warm_start(grid: Grid, run: RunConfig, gen_config: GeneratorConfig, unet: Any,
                 run_id: str, out: Path, strategy: FedAugStrategy) -> ArrayRecord:
     """Round 0: DP central images from the sites, pretraining on them (see server/warmup.py)."""
@@ -241,15 +258,7 @@ def run_server(grid: Grid, run: RunConfig, *, run_id: str | None = None,
                  run.num_server_rounds, out / "server" / STATE_FILE)
     else:
         if run.public_steps > 0:
-            t0 = time.perf_counter()
-            loss = pretrain_on_public_images(
-                unet, build_train_scheduler(gen_config), steps=run.public_steps,
-                image_size=gen_config.image_size, channels=gen_config.channels,
-                num_classes=gen_config.num_classes, seed=run.seed)
-            initial = ArrayRecord(unet.state_dict())
-            log.info("public pretraining: %d steps on patches of scikit-learn's sample "
-                     "photographs (no site data; loss %.4f) in %.0fs", run.public_steps, loss,
-                     time.perf_counter() - t0)
+            initial = _public_pretrain(run, gen_config, unet)
         if run.warmup_noise_multiplier > 0 and run.warmup_steps > 0:
             initial = _warm_start(grid, run, gen_config, unet, run_id, out, strategy)
     remaining = run.num_server_rounds - strategy.round_offset
