@@ -84,9 +84,9 @@ RULES: tuple[Rule, ...] = (
          "over none, at 2 points less accuracy; 600 steps gave the same AUC and balanced "
          "accuracy with 2 points less accuracy than 300, at 45 s more; on BreastMNIST "
          "600 steps gave no AUC gain over six data seeds and 300 a lower one on three; "
-         "at epsilon 1 one data seed's "
-         "model collapsed to one class (AUC 0.55) with 600 steps, and 300 lost 1 point "
-         "of mean AUC and 4 of accuracy; in RGB (colour-mapped BreastMNIST) "
+         "at epsilon 1 one data seed's model collapsed to one class (AUC 0.55) with 600 "
+         "steps, and 300 lost 1 point of mean AUC and 4 of accuracy; in RGB "
+         "(colour-mapped BreastMNIST) "
          "it lost 6.5 points of AUC; not measured at 8x8"),
     Rule("noise-levels", lambda f, run: FILM_NOISE_LEVELS if f.epsilon > 1 and not f.small
          else "uniform",
