@@ -25,6 +25,15 @@ The validation protocol (``--split``):
 splits is mapped through a fixed colour map (:data:`COLOUR_MAP`, viridis), and the
 federation, its warm start, sampler and evaluation all see RGB images. The same command
 without it is the grayscale reference.
+
+``--eval-seeds`` evaluates each trained model several times (the sampler's draws and the
+report's classifiers seeded by each value in turn; the model itself is trained once): the
+spread of those figures is the evaluation's own share of a run's figure, beside the
+training's (other data seeds). With ``--reuse-models`` it re-evaluates the models of an
+earlier ``--out``; each evaluation writes ``report-evalN`` beside the run's ``report``.
+
+    python simulations/benchmarks/quality.py --epsilon 10 --seeds 0 --no-site-decisions \\
+        --out DIR --reuse-models --eval-seeds 100,101,102,103,104
 """
 
 from __future__ import annotations
@@ -91,7 +100,8 @@ def colour_mapped_source(data: str, folder: Path, seed: int) -> str:
 def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, out: Path,
             split: str, scenario: Path | None, overrides: dict, num_samples: int | None,
             site_decisions: bool = True, decision_metric: str = DEFAULT_DECISION_METRIC,
-            colour_map: bool = False, reuse_models: bool = False) -> dict:
+            colour_map: bool = False, reuse_models: bool = False,
+            eval_seed: int | None = None) -> dict:
     given = {"epsilon": epsilon, "alpha": alpha, "seed": seed, "out-dir": str(out / "run"),
              **overrides}
     name = Path(data).stem
@@ -113,8 +123,12 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         simulate(run, num_sites=sites, progress=False, audit=False)
         train_s = time.perf_counter() - t0
     train = load_image_source(source, split="train", seed=seed)
-    report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=seed,
-                                steps=run.sample_steps, out_dir=out / "report",
+    # the sampler's and the report's classifiers' seed: the data seed unless --eval-seeds
+    draw = seed if eval_seed is None else eval_seed
+    report = evaluate_generator(model, train, evaluation, num_samples=num_samples, seed=draw,
+                                steps=run.sample_steps,
+                                out_dir=out / ("report" if eval_seed is None
+                                               else f"report-eval{eval_seed}"),
                                 small_site=None, audit=False)
     decisions = (decide_sites(run, num_sites=sites, test=evaluation, metric=decision_metric)
                  if site_decisions else [])
@@ -149,6 +163,7 @@ def run_one(*, data: str, epsilon: float, sites: int, alpha: float, seed: int, o
         "split": split,
         "epsilon": epsilon,
         "seed": seed,
+        "eval-seed": draw,
         "epsilon-spent-max": max(s["epsilon"] for s in card["sites"]),
         "sites": sites,
         "alpha": alpha,
@@ -193,6 +208,23 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def evaluation_spread(results: list[dict]) -> dict:
+    """Per trained model (budget and data seed) evaluated under several ``--eval-seeds``: the
+    mean, standard deviation (ddof 1), lowest and highest of its figures over those seeds,
+    the part of a run's figure that is the evaluation's own draw."""
+    out: dict[str, dict] = {}
+    for key in sorted({(r["epsilon"], r["seed"]) for r in results}):
+        rows = [r for r in results if (r["epsilon"], r["seed"]) == key]
+        if len(rows) < 2:
+            continue
+        out[f"eps{key[0]:g}-seed{key[1]}"] = {
+            m: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)),
+                "lowest": float(min(v)), "highest": float(max(v)), "runs": v}
+            for m in ("tstr-accuracy", "tstr-auc", "tstr-balanced-accuracy")
+            if len(v := [r[m] for r in rows if r.get(m) is not None]) == len(rows)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,29 +256,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-models", action="store_true",
                    help="evaluate and decide again on the global models an earlier run "
                    "left in --out instead of training them (train s is then blank)")
+    p.add_argument("--eval-seeds", metavar="SEEDS",
+                   help="evaluate each model once per seed given (comma-separated): the "
+                   "sampler's draws and the report's classifiers; default: once, with the "
+                   "data seed. The model is trained once (or reused with --reuse-models); "
+                   "the spread over these seeds is the evaluation's own, not the training's")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     overrides = dict(item.partition("=")[::2] for item in args.set)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    eval_seeds: list[int | None] = (
+        [int(s) for s in args.eval_seeds.split(",") if s.strip()] if args.eval_seeds
+        else [None])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = args.out or Path(tmp)
         for eps in args.epsilon or [10.0, 1.0]:
             for seed in seeds:
-                results.append(run_one(data=args.data, epsilon=eps, sites=args.sites,
-                                       alpha=args.alpha, seed=seed, split=args.split,
-                                       out=base / f"eps{eps:g}-seed{seed}",
-                                       scenario=args.scenario, overrides=overrides,
-                                       num_samples=args.num_samples,
-                                       site_decisions=not args.no_site_decisions,
-                                       decision_metric=args.decision_metric,
-                                       colour_map=args.colour_map,
-                                       reuse_models=args.reuse_models))
+                for i, eval_seed in enumerate(eval_seeds):
+                    results.append(run_one(data=args.data, epsilon=eps, sites=args.sites,
+                                           alpha=args.alpha, seed=seed, split=args.split,
+                                           out=base / f"eps{eps:g}-seed{seed}",
+                                           scenario=args.scenario, overrides=overrides,
+                                           num_samples=args.num_samples,
+                                           # the sites' decisions do not depend on it
+                                           site_decisions=not args.no_site_decisions
+                                           and i == 0,
+                                           decision_metric=args.decision_metric,
+                                           colour_map=args.colour_map,
+                                           # later evaluations reuse the model just trained
+                                           reuse_models=args.reuse_models or i > 0,
+                                           eval_seed=eval_seed))
     budgets = sorted({r["epsilon"] for r in results}, reverse=True)
     summary = {f"{b:g}": summarize([r for r in results if r["epsilon"] == b]) for b in budgets}
+    spread = evaluation_spread(results)
     if args.json:
-        print(json.dumps({"runs": results, "summary": summary}, indent=2, default=float))
+        print(json.dumps({"runs": results, "summary": summary,
+                          **({"evaluation-spread": spread} if spread else {})},
+                         indent=2, default=float))
         return 0
     print(f"{'eps':>5} {'seed':>4} {'TSTR acc':>9} {'TSTR AUC':>9} {'TSTR bal':>9} "
           f"{'TRTR acc':>9} {'majority':>9} {'site gain worst/mean':>21} {'FD':>7} {'train s':>8}")
@@ -256,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         mean = r["site-mean-held-out-gain"]
         gains = "-" if worst is None else f"{worst:+.3f} / {mean:+.3f}"
         train_s = "-" if r["train-wall-s"] is None else f"{r['train-wall-s']:.0f}"
-        print(f"{r['epsilon']:>5g} {r['seed']:>4} {r['tstr-accuracy']:>9.3f} {auc:>9} "
+        seed = f"{r['seed']}" + ("" if r["eval-seed"] == r["seed"] else f"/e{r['eval-seed']}")
+        print(f"{r['epsilon']:>5g} {seed:>4} {r['tstr-accuracy']:>9.3f} {auc:>9} "
               f"{r['tstr-balanced-accuracy']:>9.3f} {r['trtr-accuracy']:>9.3f} "
               f"{r['majority-class']:>9.3f} {gains:>21} "
               f"{r['frechet-distance']:>7.3f} {train_s:>8}")
@@ -270,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     for b, s in summary.items():
         parts = [f"{k} mean {v['mean']:.3f} worst {v['worst']:.3f}" for k, v in s.items()]
         print(f"epsilon {b} ({args.split} split): " + "; ".join(parts))
+    for run, figures in spread.items():
+        parts = [f"{k} {v['mean']:.3f} +- {v['sd']:.3f} ({v['lowest']:.3f}-{v['highest']:.3f})"
+                 for k, v in figures.items()]
+        print(f"{run} over {len(eval_seeds)} evaluation seeds: " + "; ".join(parts))
     return 0
 
 
