@@ -3,20 +3,9 @@ once per evaluation seed, and the spread over those evaluations is reported per 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations" / "benchmarks" / "quality.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _row(epsilon: float, seed: int, eval_seed: int, acc: float) -> dict:
@@ -27,8 +16,9 @@ def _row(epsilon: float, seed: int, eval_seed: int, acc: float) -> dict:
             "site-mean-held-out-gain": None, "train-wall-s": None}
 
 
-def test_each_model_is_trained_once_and_evaluated_per_seed(monkeypatch, capsys) -> None:
-    quality = _script()
+def test_each_model_is_trained_once_and_evaluated_per_seed(monkeypatch, capsys,
+                                                           benchmark_script) -> None:
+    quality = benchmark_script("quality")
     calls = []
 
     def fake_run_one(**kw):
@@ -50,8 +40,8 @@ def test_each_model_is_trained_once_and_evaluated_per_seed(monkeypatch, capsys) 
     assert spread["sd"] == pytest.approx(0.02 / 2 ** 0.5)
 
 
-def test_without_eval_seeds_nothing_changes(monkeypatch, capsys) -> None:
-    quality = _script()
+def test_without_eval_seeds_nothing_changes(monkeypatch, capsys, benchmark_script) -> None:
+    quality = benchmark_script("quality")
     calls = []
 
     def fake_run_one(**kw):
@@ -66,6 +56,6 @@ def test_without_eval_seeds_nothing_changes(monkeypatch, capsys) -> None:
     assert "evaluation seeds" not in text and "   0     0.800" in text
 
 
-def test_spread_needs_two_evaluations_of_a_model() -> None:
-    quality = _script()
+def test_spread_needs_two_evaluations_of_a_model(benchmark_script) -> None:
+    quality = benchmark_script("quality")
     assert quality.evaluation_spread([_row(10, 0, 0, 0.8), _row(10, 1, 1, 0.7)]) == {}

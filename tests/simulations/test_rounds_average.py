@@ -3,8 +3,6 @@ server published (its EMA) and re-averages them: checked against the server's ow
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,15 +11,6 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from fedaug.server.strategy import FedAugStrategy
-
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations" / "benchmarks" / "rounds_average.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("rounds_average", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _published(raw: list[dict[str, np.ndarray]], decay: float) -> list[dict[str, torch.Tensor]]:
@@ -36,8 +25,8 @@ def _published(raw: list[dict[str, np.ndarray]], decay: float) -> list[dict[str,
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.5])
-def test_raw_rounds_and_averages_match_the_server(decay: float) -> None:
-    ra = _script()
+def test_raw_rounds_and_averages_match_the_server(decay: float, benchmark_script) -> None:
+    ra = benchmark_script("rounds_average")
     rng = np.random.default_rng(0)
     raw = [{"w": rng.normal(size=(3, 4)).astype(np.float32),
             "b": rng.normal(size=4).astype(np.float32)} for _ in range(6)]
