@@ -30,7 +30,8 @@ without it is the grayscale reference.
 report's classifiers seeded by each value in turn; the model itself is trained once): the
 spread of those figures is the evaluation's own share of a run's figure, beside the
 training's (other data seeds). With ``--reuse-models`` it re-evaluates the models of an
-earlier ``--out``; each evaluation writes ``report-evalN`` beside the run's ``report``.
+earlier ``--out``; each evaluation writes ``report-evalN`` beside the run's ``report``. The
+summary's mean and worst are then taken over every evaluation of every model.
 
     python simulations/benchmarks/quality.py --epsilon 10 --seeds 0 --no-site-decisions \\
         --out DIR --reuse-models --eval-seeds 100,101,102,103,104
